@@ -1,0 +1,188 @@
+"""ResNet (He et al. 2016) in Flax linen, torchvision layout.
+
+The layout matters for two reasons: PyTorch weights import one-to-one (stride on the 3x3 conv of
+the bottleneck, 1x1 conv + BN projection shortcut, symmetric explicit padding), and the RM
+transforms address every layer by its path (`layer2_0/conv1`, `layer2_0/proj_bn`, ...).
+
+A network is described by `ResNet.layout()`: a tuple of *unbound* block modules (stem, blocks,
+head). They are plain hashable data; `ResNet.__call__` clones them into itself, and
+`rmjax.transforms.rm_convert` reads their fields to pick one converter per block type.
+
+Example:
+  >>> model = resnet18(num_classes=10, stem="cifar")
+  >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  >>> logits = model.apply(variables, x, train=False)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# torchvision's defaults: BN eps 1e-5, running-average momentum 0.1 (flax counts the other way).
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
+STEMS = ("cifar", "imagenet")
+
+# He init, fan-out, as torchvision does for convolutions.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(features: int, kernel_size: int, stride: int = 1, name: str | None = None) -> nn.Conv:
+  """A bias-free conv with PyTorch's symmetric padding (k // 2 on every side)."""
+  pad = kernel_size // 2
+  return nn.Conv(
+      features,
+      (kernel_size, kernel_size),
+      strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)),
+      use_bias=False,
+      kernel_init=conv_init,
+      name=name,
+  )
+
+
+def batch_norm(train: bool, name: str) -> nn.BatchNorm:
+  return nn.BatchNorm(
+      use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+  )
+
+
+class Stem(nn.Module):
+  """`cifar`: 3x3 conv, stride 1. `imagenet`: 7x7 conv stride 2 + 3x3 max-pool stride 2."""
+
+  features: int = 64
+  kind: str = "cifar"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.kind == "cifar":
+      x = conv(self.features, 3, 1, name="conv")(x)
+    else:
+      x = conv(self.features, 7, 2, name="conv")(x)
+    x = nn.relu(batch_norm(train, "bn")(x))
+    if self.kind == "imagenet":
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return x
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 ConvBN layers; ReLU inside and after the residual sum."""
+
+  in_features: int
+  features: int
+  strides: int = 1
+  expansion = 1
+
+  @property
+  def out_features(self) -> int:
+    return self.features
+
+  @property
+  def has_projection(self) -> bool:
+    return self.strides != 1 or self.in_features != self.out_features
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    y = conv(self.features, 3, self.strides, name="conv1")(x)
+    y = nn.relu(batch_norm(train, "bn1")(y))
+    y = conv(self.features, 3, 1, name="conv2")(y)
+    y = batch_norm(train, "bn2")(y)
+    return nn.relu(y + shortcut(self, x, train))
+
+
+class Bottleneck(nn.Module):
+  """1x1 (reduce) -> 3x3 (stride here, as torchvision) -> 1x1 (expand x4)."""
+
+  in_features: int
+  features: int
+  strides: int = 1
+  expansion = 4
+
+  @property
+  def out_features(self) -> int:
+    return self.features * self.expansion
+
+  @property
+  def has_projection(self) -> bool:
+    return self.strides != 1 or self.in_features != self.out_features
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    y = conv(self.features, 1, 1, name="conv1")(x)
+    y = nn.relu(batch_norm(train, "bn1")(y))
+    y = conv(self.features, 3, self.strides, name="conv2")(y)
+    y = nn.relu(batch_norm(train, "bn2")(y))
+    y = conv(self.out_features, 1, 1, name="conv3")(y)
+    y = batch_norm(train, "bn3")(y)
+    return nn.relu(y + shortcut(self, x, train))
+
+
+def shortcut(block: BasicBlock | Bottleneck, x, train: bool):
+  """Identity, or a strided 1x1 conv + BN where the stride or width changes."""
+  if not block.has_projection:
+    return x
+  x = conv(block.out_features, 1, block.strides, name="proj_conv")(x)
+  return batch_norm(train, "proj_bn")(x)
+
+
+class Head(nn.Module):
+  """Global average pool and a linear classifier."""
+
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    return nn.Dense(self.num_classes, name="fc")(jnp.mean(x, axis=(1, 2)))
+
+
+class ResNet(nn.Module):
+  """A ResNet. `stage_sizes[i]` blocks of width `widths[i]`, the first with `strides[i]`."""
+
+  stage_sizes: Sequence[int]
+  block: type[BasicBlock] | type[Bottleneck] = BasicBlock
+  num_classes: int = 1000
+  stem: str = "imagenet"
+  widths: Sequence[int] = (64, 128, 256, 512)
+  strides: Sequence[int] = (1, 2, 2, 2)
+  stem_width: int = 64
+
+  def layout(self) -> tuple[nn.Module, ...]:
+    """The network as a sequence of unbound blocks: stem, residual blocks, head."""
+    if self.stem not in STEMS:
+      raise ValueError(f"unknown stem {self.stem!r}; expected one of {STEMS}")
+    if not len(self.stage_sizes) == len(self.widths) == len(self.strides):
+      raise ValueError(
+          f"stage_sizes {tuple(self.stage_sizes)}, widths {tuple(self.widths)} and strides "
+          f"{tuple(self.strides)} must have the same length"
+      )
+    parts: list[nn.Module] = [Stem(self.stem_width, self.stem, parent=None, name="stem")]
+    in_features = self.stem_width
+    for i, (size, width, stride) in enumerate(
+        zip(self.stage_sizes, self.widths, self.strides, strict=True)
+    ):
+      for j in range(size):
+        blk = self.block(
+            in_features, width, stride if j == 0 else 1, parent=None, name=f"layer{i + 1}_{j}"
+        )
+        parts.append(blk)
+        in_features = blk.out_features
+    parts.append(Head(self.num_classes, parent=None, name="head"))
+    return tuple(parts)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for part in self.layout():
+      x = part.clone(parent=self, name=part.name)(x, train=train)
+    return x
+
+
+resnet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)
+resnet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BasicBlock)
+resnet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck)
+resnet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block=Bottleneck)
+resnet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block=Bottleneck)

@@ -1,0 +1,52 @@
+"""rmjax.transforms: pure functions over variable pytrees that remove residual connections.
+
+The research API. Everything here takes arrays/dicts and returns new ones; nothing holds state,
+does I/O or draws random numbers, and all of it traces under `jax.jit` (architecture decisions
+come from static model fields, never from array values).
+
+  >>> from rmjax import models, transforms
+  >>> model = models.create("resnet50", num_classes=1000, stem="imagenet")
+  >>> variables = model.init(jax.random.key(0), x, train=False)
+  >>> plain, plain_vars = transforms.rm_convert(model, variables)        # deploy form
+  >>> plain.apply(plain_vars, x)            # == model.apply(variables, x, train=False)
+
+Building blocks, by the paper's steps:
+  fold_batchnorm      fold a BN into the conv before it
+  dirac_kernel        identity convolution kernels (Eq. 2)
+  identity_batchnorm  a BN that passes its input unchanged (Eq. 3)
+  reserve             extend a first conv with Dirac output channels (Sec. 4.1)
+  reserve_grouped     carry reserved channels through a middle conv as Dirac groups
+  merge               extend a last conv with shortcut input columns (Eq. 4, Appendix A.1 (b))
+  rm_convert          the whole network, one registered converter per block type
+"""
+
+# Importing the converter modules registers them.
+from rmjax.transforms import resnet as _resnet_converters  # noqa: F401
+from rmjax.transforms.batchnorm import fold_batchnorm, identity_batchnorm
+from rmjax.transforms.convert import (
+  Emitted,
+  Options,
+  check_variables,
+  convertible_blocks,
+  register_converter,
+  rm_convert,
+)
+from rmjax.transforms.dirac import dirac_kernel, grouped_to_dense, pad_kernel
+from rmjax.transforms.rm import merge, reserve, reserve_grouped
+
+__all__ = [
+  "Emitted",
+  "Options",
+  "check_variables",
+  "convertible_blocks",
+  "dirac_kernel",
+  "fold_batchnorm",
+  "grouped_to_dense",
+  "identity_batchnorm",
+  "merge",
+  "pad_kernel",
+  "register_converter",
+  "reserve",
+  "reserve_grouped",
+  "rm_convert",
+]

@@ -1,0 +1,232 @@
+"""Whole-network conversion: walk a model's layout, one converter per block type.
+
+A model that can be converted describes itself as `model.layout()`: a tuple of unbound Flax
+block modules, each owning the variables under its name. A converter turns one block (its
+fields are static architecture) and its variables into plain layers. Adding an architecture
+means registering converters for its block types; nothing here changes:
+
+  >>> @register_converter(MyBlock)
+  ... def convert_my_block(block, variables, options) -> list[Emitted]: ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from rmjax.models.plain import BatchNorm, Conv, Layer, PlainNet
+from rmjax.transforms.batchnorm import fold_batchnorm
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What every converter is told. See `rm_convert`."""
+
+  keep_bn: bool = False
+  dense_reserve: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Emitted:
+  """One plain layer with its variables (`None` where it has none)."""
+
+  layer: Layer
+  params: Mapping | None = None
+  batch_stats: Mapping | None = None
+
+
+Converter = Callable[[nn.Module, Mapping, Options], list[Emitted]]
+_CONVERTERS: dict[type, Converter] = {}
+
+
+def register_converter(block_type: type) -> Callable[[Converter], Converter]:
+  """Registers the converter for blocks of `block_type` (a Flax module class)."""
+
+  def wrap(fn: Converter) -> Converter:
+    if block_type in _CONVERTERS:
+      raise ValueError(f"a converter for {block_type.__name__} is already registered")
+    _CONVERTERS[block_type] = fn
+    return fn
+
+  return wrap
+
+
+def convertible_blocks() -> list[str]:
+  return sorted(t.__name__ for t in _CONVERTERS)
+
+
+# --- helpers for converters ---------------------------------------------------------------
+
+
+def conv_layer(variables, conv: str, bn: str, options: Options, *, epsilon: float):
+  """The conv `conv` and BN `bn` of a block as an RM conv layer dict (see `transforms.rm`)."""
+  kernel = variables["params"][conv]["kernel"]
+  stats = {
+    "scale": variables["params"][bn]["scale"],
+    "bias": variables["params"][bn]["bias"],
+    "mean": variables["batch_stats"][bn]["mean"],
+    "var": variables["batch_stats"][bn]["var"],
+  }
+  if options.keep_bn:
+    return {"kernel": kernel, "bn": stats}
+  kernel, bias = fold_batchnorm(kernel, stats, epsilon=epsilon)
+  return {"kernel": kernel, "bias": bias}
+
+
+def emit_conv(layer, *, stride: int, padding: int, groups: int = 1, epsilon: float = 1e-5):
+  """Plain layers for an RM conv layer dict: Conv with bias, or Conv without bias + BatchNorm."""
+  kernel = layer["kernel"]
+  spec = Conv(
+    in_features=kernel.shape[2] * groups,
+    out_features=kernel.shape[3],
+    kernel_size=kernel.shape[0],
+    stride=stride,
+    padding=padding,
+    groups=groups,
+    use_bias="bias" in layer,
+  )
+  if "bn" not in layer:
+    return [Emitted(spec, {"kernel": kernel, "bias": layer["bias"]})]
+  bn = layer["bn"]
+  return [
+    Emitted(spec, {"kernel": kernel}),
+    Emitted(
+      BatchNorm(kernel.shape[3], epsilon),
+      {"scale": bn["scale"], "bias": bn["bias"]},
+      {"mean": bn["mean"], "var": bn["var"]},
+    ),
+  ]
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _expected_shapes(model: nn.Module, in_channels: int) -> dict[str, jax.ShapeDtypeStruct]:
+  # Parameter shapes do not depend on the spatial size; 32x32 survives a stride-32 network.
+  x = jax.ShapeDtypeStruct((1, 32, 32, in_channels), jnp.float32)
+  abstract = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+  return traverse_util.flatten_dict(abstract, sep="/")
+
+
+def _in_channels(layout, params) -> int:
+  """Input channels, read from the first kernel of the first block (3 if it is missing)."""
+  first = params.get(layout[0].name, {}) if isinstance(params, Mapping) else {}
+  flat = traverse_util.flatten_dict(first) if isinstance(first, Mapping) else {}
+  kernels = [v for k, v in flat.items() if k[-1] == "kernel" and hasattr(v, "shape")]
+  return kernels[0].shape[-2] if kernels and len(kernels[0].shape) == 4 else 3
+
+
+def check_variables(model: nn.Module, variables) -> None:
+  """Raises ValueError naming every path of `variables` that does not match `model`."""
+  if not isinstance(variables, Mapping) or not isinstance(variables.get("params"), Mapping):
+    raise ValueError(
+      "variables must be a dict with a 'params' collection (as returned by model.init), "
+      f"got {type(variables).__name__}"
+    )
+  expected = _expected_shapes(model, _in_channels(model.layout(), variables["params"]))
+  given = traverse_util.flatten_dict(variables, sep="/")
+  problems = []
+  for path, want in expected.items():
+    if path not in given:
+      problems.append(f"missing {path} (expected shape {tuple(want.shape)})")
+    elif tuple(jnp.shape(given[path])) != tuple(want.shape):
+      problems.append(
+        f"{path} has shape {tuple(jnp.shape(given[path]))}, expected {tuple(want.shape)}"
+      )
+  problems += [f"unexpected {path}" for path in given if path not in expected]
+  if problems:
+    shown = "\n  ".join(problems[:12])
+    more = f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
+    raise ValueError(
+      f"variables do not match {type(model).__name__} ({len(problems)} problem(s)):\n  "
+      f"{shown}{more}"
+    )
+
+
+# --- the walker -----------------------------------------------------------------------------
+
+
+def _block_variables(variables, name: str):
+  return {
+    "params": variables["params"].get(name, {}),
+    "batch_stats": variables.get("batch_stats", {}).get(name, {}),
+  }
+
+
+def rm_convert(model: nn.Module, variables, *, keep_bn: bool = False, dense_reserve: bool = False):
+  """Removes every residual connection of `model`: returns `(plain_model, plain_variables)`.
+
+  The result is a `PlainNet` (a flat sequence of conv / BN / ReLU / pool / dense layers) that
+  computes the same logits as `model.apply(variables, x, train=False)`.
+
+  Args:
+    model: a model with a `layout()` whose block types all have converters (e.g. any ResNet).
+    variables: its `{"params", "batch_stats"}`. Never modified.
+    keep_bn: False — deploy form: every BN folded into conv biases, layers are conv + ReLU.
+      True — fine-tuning form (Appendix A.2): conv without bias + BN + ReLU, reserved channels'
+      BN set to identity by Eq. 3.
+    dense_reserve: carry reserved channels through a bottleneck's 3x3 conv with a dense kernel,
+      as the published PyTorch code does (ResNet-50: 275M parameters), instead of Dirac groups.
+
+  Raises:
+    ValueError: the model has no converter, or `variables` does not match it (names each path).
+
+  Example:
+    >>> plain, plain_vars = rm_convert(model, variables)
+    >>> plain.apply(plain_vars, x)            # == model.apply(variables, x, train=False)
+    >>> print(plain)                          # the layer table
+    >>> jax.jit(rm_convert, static_argnums=0)(model, variables)   # same result, jitted
+  """
+  layout_fn = getattr(model, "layout", None)
+  if layout_fn is None:
+    raise ValueError(
+      f"rm_convert has no converter for {type(model).__name__}: a convertible model has a "
+      f"layout() of blocks with converters (known blocks: {', '.join(convertible_blocks())})"
+    )
+  layout = layout_fn()
+  for block in layout:
+    if type(block) not in _CONVERTERS:
+      raise ValueError(
+        f"rm_convert has no converter for block {block.name!r} of type {type(block).__name__}"
+        f" in {type(model).__name__}; known blocks: {', '.join(convertible_blocks())}"
+      )
+  check_variables(model, variables)
+  options = Options(keep_bn=keep_bn, dense_reserve=dense_reserve)
+  emitted: list[Emitted] = []
+  for block in layout:
+    emitted += _CONVERTERS[type(block)](block, _block_variables(variables, block.name), options)
+  return assemble(emitted)
+
+
+def assemble(emitted: list[Emitted]):
+  """`(PlainNet, variables)` from emitted layers; layer i's variables live under `layers_{i}`."""
+  params, stats = {}, {}
+  for i, e in enumerate(emitted):
+    if e.params is not None:
+      params[f"layers_{i}"] = dict(e.params)
+    if e.batch_stats is not None:
+      stats[f"layers_{i}"] = dict(e.batch_stats)
+  plain_variables = {"params": params}
+  if stats:
+    plain_variables["batch_stats"] = stats
+  return PlainNet(tuple(e.layer for e in emitted)), plain_variables
+
+
+__all__ = [
+  "Emitted",
+  "Options",
+  "assemble",
+  "check_variables",
+  "conv_layer",
+  "convertible_blocks",
+  "emit_conv",
+  "register_converter",
+  "rm_convert",
+]

@@ -1,0 +1,101 @@
+"""Converters for the ResNet family: stem, basic block, bottleneck, head.
+
+Every block input is non-negative (the stem and every block end in ReLU, max-pool keeps the
+sign), so the reserved channels pass the in-block ReLUs unchanged (Sec. 4.1, first case).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from rmjax.models.plain import Dense, GlobalAvgPool, MaxPool, ReLU
+from rmjax.models.resnet import BN_EPSILON, BasicBlock, Bottleneck, Head, Stem
+from rmjax.transforms.batchnorm import fold_batchnorm
+from rmjax.transforms.convert import (
+  Emitted,
+  Options,
+  conv_layer,
+  emit_conv,
+  register_converter,
+)
+from rmjax.transforms.rm import merge, reserve, reserve_grouped
+
+EPS = BN_EPSILON
+
+
+def shortcut_weights(block: BasicBlock | Bottleneck, variables):
+  """The shortcut as a 1x1 conv `(kernel, bias)`: identity, or the BN-folded projection."""
+  if block.has_projection:
+    p, s = variables["params"], variables["batch_stats"]
+    bn = {**p["proj_bn"], **s["proj_bn"]}
+    return fold_batchnorm(p["proj_conv"]["kernel"], bn, epsilon=EPS)
+  dtype = variables["params"]["conv1"]["kernel"].dtype
+  eye = jnp.eye(block.in_features, dtype=dtype)[None, None]
+  return eye, jnp.zeros((block.in_features,), dtype)
+
+
+@register_converter(Stem)
+def convert_stem(stem: Stem, variables, options: Options) -> list[Emitted]:
+  layer = conv_layer(variables, "conv", "bn", options, epsilon=EPS)
+  if stem.kind == "cifar":
+    return emit_conv(layer, stride=1, padding=1, epsilon=EPS) + [Emitted(ReLU())]
+  return emit_conv(layer, stride=2, padding=3, epsilon=EPS) + [
+    Emitted(ReLU()),
+    Emitted(MaxPool(window=3, stride=2, padding=1)),
+  ]
+
+
+@register_converter(BasicBlock)
+def convert_basic_block(block: BasicBlock, variables, options: Options) -> list[Emitted]:
+  """conv1 (C -> M + C, Dirac at the block's stride) -> conv2 (M + C -> out), Eq. 2-4.
+
+  For a downsample block this is Appendix A.1 method (b): the reserved path is a stride-2 Dirac
+  3x3 conv and the 1x1 projection, zero-padded to 3x3, becomes conv2's extra input columns —
+  9C(2C + C) + 9(3C)(2C) = 81C^2 weights.
+  """
+  conv1 = reserve(conv_layer(variables, "conv1", "bn1", options, epsilon=EPS), epsilon=EPS)
+  conv2 = merge(
+    conv_layer(variables, "conv2", "bn2", options, epsilon=EPS),
+    *shortcut_weights(block, variables),
+    epsilon=EPS,
+  )
+  return (
+    emit_conv(conv1, stride=block.strides, padding=1, epsilon=EPS)
+    + [Emitted(ReLU())]
+    + emit_conv(conv2, stride=1, padding=1, epsilon=EPS)
+    + [Emitted(ReLU())]
+  )
+
+
+@register_converter(Bottleneck)
+def convert_bottleneck(block: Bottleneck, variables, options: Options) -> list[Emitted]:
+  """Reserve through all three convs; the 3x3 carries the stride and Dirac groups."""
+  conv1 = reserve(conv_layer(variables, "conv1", "bn1", options, epsilon=EPS), epsilon=EPS)
+  conv2, groups = reserve_grouped(
+    conv_layer(variables, "conv2", "bn2", options, epsilon=EPS),
+    groups=1,
+    channels=block.in_features,
+    dense=options.dense_reserve,
+    epsilon=EPS,
+  )
+  conv3 = merge(
+    conv_layer(variables, "conv3", "bn3", options, epsilon=EPS),
+    *shortcut_weights(block, variables),
+    epsilon=EPS,
+  )
+  return (
+    emit_conv(conv1, stride=1, padding=0, epsilon=EPS)
+    + [Emitted(ReLU())]
+    + emit_conv(conv2, stride=block.strides, padding=1, groups=groups, epsilon=EPS)
+    + [Emitted(ReLU())]
+    + emit_conv(conv3, stride=1, padding=0, epsilon=EPS)
+    + [Emitted(ReLU())]
+  )
+
+
+@register_converter(Head)
+def convert_head(head: Head, variables, options: Options) -> list[Emitted]:
+  del options
+  fc = variables["params"]["fc"]
+  in_features, out_features = fc["kernel"].shape
+  return [Emitted(GlobalAvgPool()), Emitted(Dense(in_features, out_features), dict(fc))]
