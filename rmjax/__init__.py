@@ -1,6 +1,6 @@
 """rmjax: train residual networks in JAX/Flax, then remove their residual connections exactly.
 
-  >>> from rmjax import models, transforms
+>>> from rmjax import models, transforms
 """
 
 from rmjax import models, transforms

@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
+from jax.extend import core as jex_core
 
 
 def randomize_batchnorm(variables, key, *, zero_scale_fraction: float = 0.0):
@@ -43,3 +44,54 @@ def randomize_batchnorm(variables, key, *, zero_scale_fraction: float = 0.0):
   if stats:
     out["batch_stats"] = traverse_util.unflatten_dict(new_stats)
   return out
+
+
+def max_abs_difference(model, variables, plain, plain_variables, x) -> float:
+  """Max |logits(model) - logits(plain)| on `x`, both in eval mode, float32 'highest' matmuls."""
+  with jax.default_matmul_precision("highest"):
+    want = model.apply(variables, x, train=False)
+    got = plain.apply(plain_variables, x, train=False)
+  return float(jnp.max(jnp.abs(want - got)))
+
+
+def _sub_jaxprs(eqn):
+  for value in eqn.params.values():
+    for item in value if isinstance(value, tuple | list) else (value,):
+      if isinstance(item, jex_core.ClosedJaxpr):
+        yield item.jaxpr
+      elif isinstance(item, jex_core.Jaxpr):
+        yield item
+
+
+def _count_residual_adds(jaxpr) -> int:
+  producer = {}
+  count = 0
+  for eqn in jaxpr.eqns:
+    for var in eqn.outvars:
+      producer[var] = eqn.primitive.name
+    count += sum(_count_residual_adds(sub) for sub in _sub_jaxprs(eqn))
+    if eqn.primitive.name != "add":
+      continue
+    shape = eqn.outvars[0].aval.shape
+    # A bias or BN shift is added through a broadcast of a vector; a residual connection adds
+    # two full feature maps that both come from the network.
+    if all(
+      isinstance(v, jex_core.Var)
+      and len(shape) == 4
+      and v.aval.shape == shape
+      and producer.get(v) != "broadcast_in_dim"
+      for v in eqn.invars
+    ):
+      count += 1
+  return count
+
+
+def count_residual_adds(fn, *args) -> int:
+  """How many additions of two NHWC feature maps `fn(*args)` performs (bias adds excluded).
+
+  A ResNet-18 has 8 (one per block); a plain network has 0.
+
+    >>> count_residual_adds(lambda x: plain.apply(plain_vars, x), x)
+    0
+  """
+  return _count_residual_adds(jax.make_jaxpr(fn)(*args).jaxpr)

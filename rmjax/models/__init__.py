@@ -1,9 +1,9 @@
 """Model registry: `create(name, **kwargs)` builds any known architecture by name.
 
-  >>> from rmjax import models
-  >>> model = models.create("resnet50", num_classes=1000, stem="imagenet")
-  >>> models.names()[:3]
-  ['resnet101', 'resnet152', 'resnet18']
+>>> from rmjax import models
+>>> model = models.create("resnet50", num_classes=1000, stem="imagenet")
+>>> models.names()[:3]
+['resnet101', 'resnet152', 'resnet18']
 """
 
 from __future__ import annotations
@@ -66,9 +66,7 @@ def create(name: str, **kwargs) -> nn.Module:
   try:
     factory = _REGISTRY[name]
   except KeyError:
-    raise ValueError(
-      f"unknown model {name!r}; known models: {', '.join(names())}"
-    ) from None
+    raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}") from None
   try:
     return factory(**kwargs)
   except TypeError as e:

@@ -43,13 +43,13 @@ class Conv:
     del train
     p = self.padding
     return nn.Conv(
-        self.out_features,
-        (self.kernel_size, self.kernel_size),
-        strides=(self.stride, self.stride),
-        padding=((p, p), (p, p)),
-        feature_group_count=self.groups,
-        use_bias=self.use_bias,
-        name=name,
+      self.out_features,
+      (self.kernel_size, self.kernel_size),
+      strides=(self.stride, self.stride),
+      padding=((p, p), (p, p)),
+      feature_group_count=self.groups,
+      use_bias=self.use_bias,
+      name=name,
     )(x)
 
   def __str__(self):
@@ -74,7 +74,7 @@ class BatchNorm:
 
   def __call__(self, x, *, train: bool, name: str):
     return nn.BatchNorm(
-        use_running_average=not train, epsilon=self.epsilon, momentum=self.momentum, name=name
+      use_running_average=not train, epsilon=self.epsilon, momentum=self.momentum, name=name
     )(x)
 
   def __str__(self):
@@ -103,13 +103,13 @@ class MaxPool:
     del train, name
     p = self.padding
     return nn.max_pool(
-        x, (self.window, self.window), strides=(self.stride, self.stride), padding=((p, p), (p, p))
+      x, (self.window, self.window), strides=(self.stride, self.stride), padding=((p, p), (p, p))
     )
 
   def __str__(self):
     return (
-        f"MaxPool(kernel_size={_pair(self.window)}, stride={_pair(self.stride)}, "
-        f"padding={_pair(self.padding)})"
+      f"MaxPool(kernel_size={_pair(self.window)}, stride={_pair(self.stride)}, "
+      f"padding={_pair(self.padding)})"
     )
 
 

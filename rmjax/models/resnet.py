@@ -35,19 +35,19 @@ def conv(features: int, kernel_size: int, stride: int = 1, name: str | None = No
   """A bias-free conv with PyTorch's symmetric padding (k // 2 on every side)."""
   pad = kernel_size // 2
   return nn.Conv(
-      features,
-      (kernel_size, kernel_size),
-      strides=(stride, stride),
-      padding=((pad, pad), (pad, pad)),
-      use_bias=False,
-      kernel_init=conv_init,
-      name=name,
+    features,
+    (kernel_size, kernel_size),
+    strides=(stride, stride),
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    kernel_init=conv_init,
+    name=name,
   )
 
 
 def batch_norm(train: bool, name: str) -> nn.BatchNorm:
   return nn.BatchNorm(
-      use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+    use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
   )
 
 
@@ -157,17 +157,17 @@ class ResNet(nn.Module):
       raise ValueError(f"unknown stem {self.stem!r}; expected one of {STEMS}")
     if not len(self.stage_sizes) == len(self.widths) == len(self.strides):
       raise ValueError(
-          f"stage_sizes {tuple(self.stage_sizes)}, widths {tuple(self.widths)} and strides "
-          f"{tuple(self.strides)} must have the same length"
+        f"stage_sizes {tuple(self.stage_sizes)}, widths {tuple(self.widths)} and strides "
+        f"{tuple(self.strides)} must have the same length"
       )
     parts: list[nn.Module] = [Stem(self.stem_width, self.stem, parent=None, name="stem")]
     in_features = self.stem_width
     for i, (size, width, stride) in enumerate(
-        zip(self.stage_sizes, self.widths, self.strides, strict=True)
+      zip(self.stage_sizes, self.widths, self.strides, strict=True)
     ):
       for j in range(size):
         blk = self.block(
-            in_features, width, stride if j == 0 else 1, parent=None, name=f"layer{i + 1}_{j}"
+          in_features, width, stride if j == 0 else 1, parent=None, name=f"layer{i + 1}_{j}"
         )
         parts.append(blk)
         in_features = blk.out_features

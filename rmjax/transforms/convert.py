@@ -131,15 +131,31 @@ def check_variables(model: nn.Module, variables) -> None:
       f"got {type(variables).__name__}"
     )
   expected = _expected_shapes(model, _in_channels(model.layout(), variables["params"]))
-  given = traverse_util.flatten_dict(variables, sep="/")
-  problems = []
-  for path, want in expected.items():
-    if path not in given:
+  flat = traverse_util.flatten_dict(variables, keep_empty_nodes=True, sep="/")
+  given = {k: v for k, v in flat.items() if v is not traverse_util.empty_node}
+  given_prefixes = {p.rsplit("/", n)[0] for p in flat for n in range(p.count("/") + 1)}
+  problems, reported = [], set()
+  # `params` first: it is where a mismatch usually starts.
+  for path, want in sorted(expected.items(), key=lambda kv: not kv[0].startswith("params/")):
+    if path in given:
+      if tuple(jnp.shape(given[path])) != tuple(want.shape):
+        got = tuple(jnp.shape(given[path]))
+        problems.append(f"{path} has shape {got}, expected {tuple(want.shape)}")
+      continue
+    # Name the outermost missing entry once (a whole missing block is one problem).
+    parts = path.split("/")
+    missing = next(
+      "/".join(parts[:n])
+      for n in range(1, len(parts) + 1)
+      if "/".join(parts[:n]) not in given_prefixes
+    )
+    if missing in reported:
+      continue
+    reported.add(missing)
+    if missing == path:
       problems.append(f"missing {path} (expected shape {tuple(want.shape)})")
-    elif tuple(jnp.shape(given[path])) != tuple(want.shape):
-      problems.append(
-        f"{path} has shape {tuple(jnp.shape(given[path]))}, expected {tuple(want.shape)}"
-      )
+    else:
+      problems.append(f"missing {missing} (expected, among others, {path} {tuple(want.shape)})")
   problems += [f"unexpected {path}" for path in given if path not in expected]
   if problems:
     shown = "\n  ".join(problems[:12])
