@@ -6,52 +6,88 @@ reserving bugs. `randomize_batchnorm` draws non-trivial values instead.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 from jax.extend import core as jex_core
 
 
-def randomize_batchnorm(variables, key, *, zero_scale_fraction: float = 0.0):
+def _draw_batchnorm(rng, shape, zero_scale_fraction):
+  magnitude = rng.uniform(0.3, 1.2, shape)
+  scale = magnitude * np.where(rng.uniform(size=shape) < 0.8, 1.0, -1.0)
+  scale = np.where(rng.uniform(size=shape) < zero_scale_fraction, 0.0, scale)
+  return {
+    "scale": scale,
+    "bias": 0.3 * rng.standard_normal(shape),
+    "mean": 0.3 * rng.standard_normal(shape),
+    "var": rng.uniform(0.3, 2.0, shape),
+  }
+
+
+def randomize_batchnorm(variables, seed: int = 0, *, zero_scale_fraction: float = 0.0):
   """Returns a copy of `variables` with every BN's scale, bias, mean and var drawn at random.
 
   Scales are drawn in +-[0.3, 1.2] (both signs), biases and means N(0, 0.3), variances in
   [0.3, 2]. With `zero_scale_fraction > 0` that fraction of scales is set to exactly 0 (what
-  network slimming produces). Leaves other than BN are kept.
+  network slimming produces). Other leaves are kept. Draws with NumPy, so it costs no XLA
+  compilation (which dominates small-model tests on CPU).
 
-    >>> variables = randomize_batchnorm(model.init(key, x, train=False), jax.random.key(1))
+    >>> variables = randomize_batchnorm(model.init(key, x, train=False), seed=1)
   """
+  rng = np.random.default_rng(seed)
   params = traverse_util.flatten_dict(variables["params"])
   stats = traverse_util.flatten_dict(variables.get("batch_stats", {}))
-  keys = iter(jax.random.split(key, 5 * max(1, len(stats))))
-  new_params, new_stats = dict(params), dict(stats)
   for path, mean in stats.items():
     if path[-1] != "mean":
       continue
     bn = path[:-1]
-    shape, dtype = mean.shape, mean.dtype
-    magnitude = jax.random.uniform(next(keys), shape, dtype, 0.3, 1.2)
-    sign = jnp.where(jax.random.bernoulli(next(keys), 0.8, shape), 1.0, -1.0).astype(dtype)
-    scale = magnitude * sign
-    if zero_scale_fraction:
-      scale = jnp.where(jax.random.uniform(next(keys), shape) < zero_scale_fraction, 0.0, scale)
-    new_params[bn + ("scale",)] = scale
-    new_params[bn + ("bias",)] = 0.3 * jax.random.normal(next(keys), shape, dtype)
-    new_stats[bn + ("mean",)] = 0.3 * jax.random.normal(next(keys), shape, dtype)
-    new_stats[bn + ("var",)] = jax.random.uniform(next(keys), shape, dtype, 0.3, 2.0)
+    drawn = _draw_batchnorm(rng, mean.shape, zero_scale_fraction)
+    for name, collection in (("scale", params), ("bias", params), ("mean", stats), ("var", stats)):
+      collection[bn + (name,)] = jnp.asarray(drawn[name], mean.dtype)
   out = dict(variables)
-  out["params"] = traverse_util.unflatten_dict(new_params)
+  out["params"] = traverse_util.unflatten_dict(params)
   if stats:
-    out["batch_stats"] = traverse_util.unflatten_dict(new_stats)
+    out["batch_stats"] = traverse_util.unflatten_dict(stats)
   return out
 
 
-def max_abs_difference(model, variables, plain, plain_variables, x) -> float:
-  """Max |logits(model) - logits(plain)| on `x`, both in eval mode, float32 'highest' matmuls."""
+def random_variables(model, x, seed: int = 0, *, zero_scale_fraction: float = 0.0):
+  """Variables for `model` on inputs like `x`, all drawn with NumPy: He-scaled kernels, small
+  random biases and random BN (see `randomize_batchnorm`). Same structure as `model.init`.
+
+  Use it instead of `model.init` + `randomize_batchnorm` where compile time matters: it traces
+  the model once for shapes (`jax.eval_shape`) and compiles nothing.
+  """
+  abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    if path[-1].key == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return jnp.asarray(rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in), leaf.dtype)
+    return jnp.asarray(0.1 * rng.standard_normal(leaf.shape), leaf.dtype)
+
+  variables = jax.tree_util.tree_map_with_path(draw, abstract)
+  return randomize_batchnorm(variables, seed + 1, zero_scale_fraction=zero_scale_fraction)
+
+
+def eval_logits(model, variables, x):
+  """`model.apply(variables, x, train=False)`, jitted, with float32 'highest' matmuls.
+
+  One XLA program per model; op-by-op (eager) execution compiles every op separately, which
+  is several times slower for the small networks of tests.
+  """
   with jax.default_matmul_precision("highest"):
-    want = model.apply(variables, x, train=False)
-    got = plain.apply(plain_variables, x, train=False)
-  return float(jnp.max(jnp.abs(want - got)))
+    return jax.jit(functools.partial(model.apply, train=False))(variables, x)
+
+
+def max_abs_difference(model, variables, plain, plain_variables, x) -> float:
+  """Max |logits(model) - logits(plain)| on `x`, both in eval mode."""
+  diff = eval_logits(model, variables, x) - eval_logits(plain, plain_variables, x)
+  return float(jnp.max(jnp.abs(diff)))
 
 
 def _sub_jaxprs(eqn):
@@ -63,35 +99,34 @@ def _sub_jaxprs(eqn):
         yield item
 
 
-def _count_residual_adds(jaxpr) -> int:
-  producer = {}
+def _count_residual_adds(jaxpr, tainted) -> int:
+  """Adds whose two operands both depend on the network input (`tainted` vars)."""
   count = 0
   for eqn in jaxpr.eqns:
-    for var in eqn.outvars:
-      producer[var] = eqn.primitive.name
-    count += sum(_count_residual_adds(sub) for sub in _sub_jaxprs(eqn))
-    if eqn.primitive.name != "add":
-      continue
-    shape = eqn.outvars[0].aval.shape
-    # A bias or BN shift is added through a broadcast of a vector; a residual connection adds
-    # two full feature maps that both come from the network.
-    if all(
-      isinstance(v, jex_core.Var)
-      and len(shape) == 4
-      and v.aval.shape == shape
-      and producer.get(v) != "broadcast_in_dim"
-      for v in eqn.invars
-    ):
+    in_taint = [isinstance(v, jex_core.Var) and v in tainted for v in eqn.invars]
+    for sub in _sub_jaxprs(eqn):
+      if len(sub.invars) == len(eqn.invars):
+        inner = {v for v, t in zip(sub.invars, in_taint, strict=True) if t}
+        count += _count_residual_adds(sub, inner)
+    # Weights, biases and BN statistics are constants of the traced function; a residual
+    # connection is the one place two input-dependent tensors are summed.
+    if eqn.primitive.name == "add" and all(in_taint):
       count += 1
+    if any(in_taint):
+      tainted.update(eqn.outvars)
   return count
 
 
 def count_residual_adds(fn, *args) -> int:
-  """How many additions of two NHWC feature maps `fn(*args)` performs (bias adds excluded).
+  """How many additions of two input-dependent tensors `fn(*args)` performs.
+
+  Everything `fn` closes over (weights, biases, BN statistics) is a constant, so bias and BN
+  shifts do not count; what is left in a ResNet is its residual connections.
 
   A ResNet-18 has 8 (one per block); a plain network has 0.
 
     >>> count_residual_adds(lambda x: plain.apply(plain_vars, x), x)
     0
   """
-  return _count_residual_adds(jax.make_jaxpr(fn)(*args).jaxpr)
+  jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+  return _count_residual_adds(jaxpr, set(jaxpr.invars))

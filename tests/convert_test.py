@@ -10,15 +10,19 @@ from conftest import random_model
 
 from rmjax import models, transforms
 from rmjax.models import plain as plain_layers
-from rmjax.testing import count_residual_adds, max_abs_difference
+from rmjax.testing import (
+  count_residual_adds,
+  eval_logits,
+  max_abs_difference,
+  random_variables,
+)
 
 ATOL = 1e-4
 
 
 def logits_close(model, variables, plain, plain_vars, x):
-  with jax.default_matmul_precision("highest"):
-    want = model.apply(variables, x, train=False)
-    got = plain.apply(plain_vars, x, train=False)
+  want = eval_logits(model, variables, x)
+  got = eval_logits(plain, plain_vars, x)
   chex.assert_trees_all_close(got, want, atol=ATOL, rtol=0)
   # The check is meaningful only if the logits are not trivially small.
   assert float(jnp.abs(want).max()) > 0.1
@@ -86,9 +90,9 @@ def test_basic_block_parameter_counts_match_the_paper():
   model = models.ResNet(
     stage_sizes=(1, 1), widths=(c, 2 * c), strides=(1, 2), stem="cifar", stem_width=c, num_classes=3
   )
-  x = jnp.zeros((1, 16, 16, 3))
-  variables = model.init(jax.random.key(0), x, train=False)
-  plain, plain_vars = transforms.rm_convert(model, variables)
+  x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  plain, plain_vars = jax.eval_shape(lambda v: transforms.rm_convert(model, v), variables)
   stem, b1c1, b1c2, b2c1, b2c2 = [k.size for k in conv_weights(plain, plain_vars)]
   # Basic block (Sec. 4.1): a C -> 2C and a 2C -> C 3x3 conv.
   assert (b1c1, b1c2) == (9 * c * 2 * c, 9 * 2 * c * c)
@@ -244,6 +248,6 @@ def test_block_without_converter_is_named():
   model = ResNetWithUnknownBlock(
     stage_sizes=(1,), widths=(4,), strides=(1,), stem="cifar", stem_width=4, num_classes=2
   )
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
+  variables = random_variables(model, jnp.zeros((1, 8, 8, 3)))
   with pytest.raises(ValueError, match="no converter for block 'layer1_0' of type UnknownBlock"):
     transforms.rm_convert(model, variables)
