@@ -57,6 +57,11 @@ class Stem(nn.Module):
   features: int = 64
   kind: str = "cifar"
 
+  def __post_init__(self):
+    if self.kind not in STEMS:
+      raise ValueError(f"unknown stem {self.kind!r}; expected one of {STEMS}")
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.kind == "cifar":
@@ -69,8 +74,8 @@ class Stem(nn.Module):
     return x
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 ConvBN layers; ReLU inside and after the residual sum."""
+class ResidualBlock(nn.Module):
+  """Fields and shortcut rule shared by the ResNet blocks; `expansion` sets the output width."""
 
   in_features: int
   features: int
@@ -79,11 +84,16 @@ class BasicBlock(nn.Module):
 
   @property
   def out_features(self) -> int:
-    return self.features
+    return self.features * self.expansion
 
   @property
   def has_projection(self) -> bool:
+    """torchvision's rule: a 1x1 conv + BN shortcut where the stride or the width changes."""
     return self.strides != 1 or self.in_features != self.out_features
+
+
+class BasicBlock(ResidualBlock):
+  """Two 3x3 ConvBN layers; ReLU inside and after the residual sum."""
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -94,21 +104,10 @@ class BasicBlock(nn.Module):
     return nn.relu(y + shortcut(self, x, train))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
   """1x1 (reduce) -> 3x3 (stride here, as torchvision) -> 1x1 (expand x4)."""
 
-  in_features: int
-  features: int
-  strides: int = 1
   expansion = 4
-
-  @property
-  def out_features(self) -> int:
-    return self.features * self.expansion
-
-  @property
-  def has_projection(self) -> bool:
-    return self.strides != 1 or self.in_features != self.out_features
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -121,7 +120,7 @@ class Bottleneck(nn.Module):
     return nn.relu(y + shortcut(self, x, train))
 
 
-def shortcut(block: BasicBlock | Bottleneck, x, train: bool):
+def shortcut(block: ResidualBlock, x, train: bool):
   """Identity, or a strided 1x1 conv + BN where the stride or width changes."""
   if not block.has_projection:
     return x
@@ -144,7 +143,7 @@ class ResNet(nn.Module):
   """A ResNet. `stage_sizes[i]` blocks of width `widths[i]`, the first with `strides[i]`."""
 
   stage_sizes: Sequence[int]
-  block: type[BasicBlock] | type[Bottleneck] = BasicBlock
+  block: type[ResidualBlock] = BasicBlock
   num_classes: int = 1000
   stem: str = "imagenet"
   widths: Sequence[int] = (64, 128, 256, 512)
@@ -153,8 +152,6 @@ class ResNet(nn.Module):
 
   def layout(self) -> tuple[nn.Module, ...]:
     """The network as a sequence of unbound blocks: stem, residual blocks, head."""
-    if self.stem not in STEMS:
-      raise ValueError(f"unknown stem {self.stem!r}; expected one of {STEMS}")
     if not len(self.stage_sizes) == len(self.widths) == len(self.strides):
       raise ValueError(
         f"stage_sizes {tuple(self.stage_sizes)}, widths {tuple(self.widths)} and strides "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from rmjax.models.plain import Dense, GlobalAvgPool, MaxPool, ReLU
-from rmjax.models.resnet import BN_EPSILON, BasicBlock, Bottleneck, Head, Stem
+from rmjax.models.resnet import BN_EPSILON, BasicBlock, Bottleneck, Head, ResidualBlock, Stem
 from rmjax.transforms.batchnorm import fold_batchnorm
 from rmjax.transforms.convert import (
   Emitted,
@@ -23,7 +23,7 @@ from rmjax.transforms.rm import merge, reserve, reserve_grouped
 EPS = BN_EPSILON
 
 
-def shortcut_weights(block: BasicBlock | Bottleneck, variables):
+def shortcut_weights(block: ResidualBlock, variables):
   """The shortcut as a 1x1 conv `(kernel, bias)`: identity, or the BN-folded projection."""
   if block.has_projection:
     p, s = variables["params"], variables["batch_stats"]
