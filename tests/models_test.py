@@ -1,5 +1,8 @@
 """ResNet models: shapes, torchvision parameter counts, train/eval behaviour, the registry."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,3 +85,28 @@ def test_bad_stem_and_mismatched_stages_are_reported():
     models.create("resnet18", stem="vgg").layout()
   with pytest.raises(ValueError, match="must have the same length"):
     models.ResNet(stage_sizes=(1, 1), widths=(8,), strides=(1, 2)).layout()
+
+
+@pytest.mark.parametrize(
+  # He et al. 2016, Table 6 (their shortcuts add no parameters; ours add two 1x1 projections).
+  "name, millions",
+  [
+    ("resnet20", 0.27),
+    ("resnet32", 0.46),
+    ("resnet44", 0.66),
+    ("resnet56", 0.85),
+    ("resnet110", 1.7),
+  ],
+)
+def test_cifar_resnets_match_he_et_al(name, millions):
+  model = models.create(name)
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  assert abs(n_params(variables["params"]) / 1e6 - millions) / millions < 0.03
+  widths = sorted({b.features for b in model.layout() if isinstance(b, models.BasicBlock)})
+  assert widths == [16, 32, 64]
+
+
+def test_importing_transforms_does_not_import_tensorflow():
+  code = "import sys, rmjax.transforms, rmjax.models; assert 'tensorflow' not in sys.modules"
+  subprocess.run([sys.executable, "-c", code], check=True)

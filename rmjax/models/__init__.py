@@ -30,9 +30,14 @@ from rmjax.models.resnet import (
   ResNet,
   Stem,
   resnet18,
+  resnet20,
+  resnet32,
   resnet34,
+  resnet44,
   resnet50,
+  resnet56,
   resnet101,
+  resnet110,
   resnet152,
 )
 
@@ -42,6 +47,12 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
   "resnet50": resnet50,
   "resnet101": resnet101,
   "resnet152": resnet152,
+  # CIFAR ResNets of He et al. (three stages, widths 16/32/64).
+  "resnet20": resnet20,
+  "resnet32": resnet32,
+  "resnet44": resnet44,
+  "resnet56": resnet56,
+  "resnet110": resnet110,
 }
 
 
@@ -93,8 +104,13 @@ __all__ = [
   "names",
   "register",
   "resnet18",
+  "resnet20",
+  "resnet32",
   "resnet34",
+  "resnet44",
   "resnet50",
+  "resnet56",
   "resnet101",
+  "resnet110",
   "resnet152",
 ]

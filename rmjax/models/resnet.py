@@ -183,3 +183,20 @@ resnet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BasicBlock)
 resnet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck)
 resnet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block=Bottleneck)
 resnet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block=Bottleneck)
+
+# He et al. 2016, Sec. 4.2: the CIFAR ResNets, 6n + 2 layers in three stages of widths 16/32/64.
+# (The shortcut is a projection where the shape changes, as everywhere in rmjax, so they convert.)
+_cifar_resnet = functools.partial(
+  ResNet,
+  block=BasicBlock,
+  num_classes=10,
+  stem="cifar",
+  widths=(16, 32, 64),
+  strides=(1, 2, 2),
+  stem_width=16,
+)
+resnet20 = functools.partial(_cifar_resnet, stage_sizes=(3, 3, 3))
+resnet32 = functools.partial(_cifar_resnet, stage_sizes=(5, 5, 5))
+resnet44 = functools.partial(_cifar_resnet, stage_sizes=(7, 7, 7))
+resnet56 = functools.partial(_cifar_resnet, stage_sizes=(9, 9, 9))
+resnet110 = functools.partial(_cifar_resnet, stage_sizes=(18, 18, 18))
