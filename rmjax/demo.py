@@ -11,14 +11,14 @@ import argparse
 import time
 
 import jax
-import numpy as np
 
 from rmjax import models, transforms
-from rmjax.testing import count_residual_adds, max_abs_difference, random_variables
-
-
-def n_params(tree) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+from rmjax.testing import (
+  count_params,
+  count_residual_adds,
+  max_abs_difference,
+  random_variables,
+)
 
 
 def main(argv=None) -> None:
@@ -34,7 +34,7 @@ def main(argv=None) -> None:
   shape = (args.batch_size, args.image_size, args.image_size, 3)
   x = jax.random.uniform(jax.random.key(0), shape)
   variables = random_variables(model, x, seed=0)
-  print(f"{args.model} ({args.stem} stem): {n_params(variables['params']):,} parameters")
+  print(f"{args.model} ({args.stem} stem): {count_params(variables['params']):,} parameters")
 
   convert = jax.jit(transforms.rm_convert, static_argnums=0, static_argnames="keep_bn")
   for keep_bn in (True, False):
@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     form = "fine-tuning form (BN kept)" if keep_bn else "deploy form (BN folded)"
     diff = max_abs_difference(model, variables, plain, plain_vars, x)
     print(
-      f"{form}: {len(plain.layers)} layers, {n_params(plain_vars['params']):,} parameters, "
+      f"{form}: {len(plain.layers)} layers, {count_params(plain_vars['params']):,} parameters, "
       f"converted in {seconds:.2f}s (incl. compile); max |logit difference| = {diff:.2e}"
     )
   adds_before = count_residual_adds(lambda x: model.apply(variables, x, train=False), x)

@@ -74,6 +74,11 @@ def random_variables(model, x, seed: int = 0, *, zero_scale_fraction: float = 0.
   return randomize_batchnorm(variables, seed + 1, zero_scale_fraction=zero_scale_fraction)
 
 
+def count_params(tree) -> int:
+  """Number of scalars in a pytree of arrays (or of `jax.ShapeDtypeStruct`s)."""
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
 def eval_logits(model, variables, x):
   """`model.apply(variables, x, train=False)`, jitted, with float32 'highest' matmuls.
 

@@ -11,6 +11,7 @@ from conftest import random_model
 from rmjax import models, transforms
 from rmjax.models import plain as plain_layers
 from rmjax.testing import (
+  count_params,
   count_residual_adds,
   eval_logits,
   max_abs_difference,
@@ -101,21 +102,17 @@ def test_basic_block_parameter_counts_match_the_paper():
   assert (b2c1, b2c2) == (27 * c * c, 54 * c * c)
 
 
-def n_params(tree):
-  return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(tree))
-
-
 def test_resnet50_parameter_counts_grouped_and_dense():
   model = models.create("resnet50", num_classes=1000, stem="imagenet")
   x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
   convert = jax.jit(transforms.rm_convert, static_argnums=0, static_argnames="dense_reserve")
-  counts = {"original": n_params(variables["params"])}
+  counts = {"original": count_params(variables["params"])}
   for dense in (False, True):
     out = jax.eval_shape(
       lambda v, dense=dense: convert(model, v, dense_reserve=dense)[1], variables
     )
-    counts["dense" if dense else "grouped"] = n_params(out["params"])
+    counts["dense" if dense else "grouped"] = count_params(out["params"])
   fc = 2048 * 1000 + 1000
   print({k: f"{(v - fc) / 1e6:.1f}M without fc" for k, v in counts.items()})
   # The paper's figures for the published (dense) form: 23.5M -> 275.3M.

@@ -9,10 +9,7 @@ import numpy as np
 import pytest
 
 from rmjax import models
-
-
-def n_params(tree) -> int:
-  return sum(np.prod(x.shape) for x in jax.tree.leaves(tree))
+from rmjax.testing import count_params
 
 
 @pytest.mark.parametrize(
@@ -30,7 +27,7 @@ def test_parameter_counts_match_torchvision(name, expected):
   model = models.create(name, num_classes=1000, stem="imagenet")
   x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-  assert n_params(variables["params"]) == expected
+  assert count_params(variables["params"]) == expected
   logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
   assert logits.shape == (1, 1000)
 
@@ -102,7 +99,7 @@ def test_cifar_resnets_match_he_et_al(name, millions):
   model = models.create(name)
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-  assert abs(n_params(variables["params"]) / 1e6 - millions) / millions < 0.03
+  assert abs(count_params(variables["params"]) / 1e6 - millions) / millions < 0.03
   widths = sorted({b.features for b in model.layout() if isinstance(b, models.BasicBlock)})
   assert widths == [16, 32, 64]
 

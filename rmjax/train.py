@@ -1,0 +1,376 @@
+"""The training loop: one `jax.jit` step over a device mesh (data parallel), orbax checkpoints.
+
+State is replicated (`P()`), batches are sharded over the mesh's `data` axis (`P('data')`).
+Under jit, BatchNorm statistics over a sharded batch are computed over the global batch, so
+1 device and N devices train the same model from the same global batches. The same code runs on
+one CPU, fake CPU devices, a GPU, or several hosts (after `jax.distributed.initialize()`):
+every process feeds its own slice of each global batch.
+
+  >>> from rmjax import train
+  >>> result = train.train_and_evaluate(config, workdir="/tmp/run")
+  >>> result.metrics["eval_top1"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from rmjax import checkpoint, data, models, summary
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array  # raw key data (uint32): orbax stores it as a plain array
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The config's model; `config.model_kwargs` are passed on (e.g. `stem`)."""
+  kwargs = dict(config.get("model_kwargs", {}) or {})
+  # A config read back from JSON has lists; architectures are hashable (static under jit).
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  return models.create(config.model, num_classes=num_classes, **kwargs)
+
+
+def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int):
+  """`step`: lr x `lr_decay_factor` every `lr_decay_epochs` (the paper's CIFAR recipe, Sec. 3);
+  `cosine`: linear warm-up then cosine decay (the usual ImageNet recipe)."""
+  lr = config.learning_rate
+  warmup = int(config.get("warmup_epochs", 0) * steps_per_epoch)
+  if config.lr_schedule == "step":
+    every = int(config.lr_decay_epochs * steps_per_epoch)
+    boundaries = {k: config.lr_decay_factor for k in range(every, total_steps, every)}
+    main = optax.piecewise_constant_schedule(lr, boundaries)
+  elif config.lr_schedule == "cosine":
+    main = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1))
+  elif config.lr_schedule == "constant":
+    main = optax.constant_schedule(lr)
+  else:
+    raise ValueError(
+      f"unknown lr_schedule {config.lr_schedule!r}; expected 'step', 'cosine' or 'constant'"
+    )
+  if not warmup:
+    return main
+  ramp = optax.linear_schedule(0.0, lr, warmup)
+  return optax.join_schedules([ramp, lambda s: main(s)], [warmup])
+
+
+def create_optimizer(config, schedule):
+  """SGD with momentum and L2 weight decay on every parameter, as PyTorch's SGD does."""
+  return optax.chain(
+    optax.add_decayed_weights(config.weight_decay),
+    optax.sgd(schedule, momentum=config.momentum, nesterov=config.get("nesterov", False)),
+  )
+
+
+def init_state(model, tx, rng, input_shape) -> TrainState:
+  init_rng, state_rng = jax.random.split(rng)
+  variables = model.init(init_rng, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+  params = variables["params"]
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(params),
+    rng=jax.random.key_data(state_rng),
+  )
+
+
+def train_step(state: TrainState, batch, *, model, tx, schedule, num_classes, label_smoothing):
+  """One SGD step on a global batch; returns the new state and scalar metrics."""
+
+  def loss_fn(params):
+    logits, updates = model.apply(
+      {"params": params, "batch_stats": state.batch_stats},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+    )
+    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    return loss, (logits, updates["batch_stats"])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  metrics = {
+    "loss": loss,
+    "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+    "learning_rate": schedule(state.step),
+    "grad_norm": optax.tree.norm(grads),
+  }
+  new_state = state.replace(
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, updates),
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+  )
+  return new_state, metrics
+
+
+def eval_step(variables, batch, *, apply_fn):
+  """Sums over the real (mask == 1) examples: loss, top-1 and top-5 correct, count."""
+  logits = apply_fn(variables, batch["image"])
+  mask = batch["mask"]
+  label = batch["label"]
+  k = min(5, logits.shape[-1])
+  top_k = jax.lax.top_k(logits, k)[1]
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, label)
+  return {
+    "loss": jnp.sum(loss * mask),
+    "top1": jnp.sum((top_k[:, 0] == label) * mask),
+    "top5": jnp.sum(jnp.any(top_k == label[:, None], axis=-1) * mask),
+    "count": jnp.sum(mask),
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class Mesh:
+  """The device mesh and the two shardings the loop uses."""
+
+  mesh: jax.sharding.Mesh
+  replicated: NamedSharding
+  batch: NamedSharding
+
+  @classmethod
+  def create(cls, devices=None):
+    devices = jax.devices() if devices is None else list(devices)
+    mesh = jax.make_mesh(
+      (len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
+    return cls(mesh, NamedSharding(mesh, P()), NamedSharding(mesh, P("data")))
+
+  def global_batch(self, local_batch: dict[str, np.ndarray]):
+    """This process's slice of a global batch -> global arrays sharded over `data`."""
+    return {
+      k: jax.make_array_from_process_local_data(self.batch, v) for k, v in local_batch.items()
+    }
+
+
+def evaluate(apply_fn, variables, batches, mesh: Mesh) -> dict[str, float]:
+  """Top-1/top-5 accuracy and loss of `apply_fn(variables, images)` over `batches`."""
+  step = jax.jit(functools.partial(eval_step, apply_fn=apply_fn), out_shardings=mesh.replicated)
+  totals = None
+  for local in batches:
+    sums = step(variables, mesh.global_batch(local))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    raise ValueError("the evaluation split yielded no batches")
+  count = float(totals["count"])
+  return {
+    "top1": float(totals["top1"]) / count,
+    "top5": float(totals["top5"]) / count,
+    "loss": float(totals["loss"]) / count,
+    "examples": int(count),
+  }
+
+
+def eval_apply_fn(model):
+  return lambda variables, x: model.apply(variables, x, train=False)
+
+
+def _check_finite(step: int, metrics: dict[str, float], last_saved: int | None) -> None:
+  if all(np.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
+    return
+  kept = (
+    f"the last good checkpoint (step {last_saved}) is kept"
+    if last_saved is not None
+    else "no checkpoint had been saved yet"
+  )
+  raise TrainingDivergedError(
+    f"training diverged: the loss is {metrics['loss']} (gradient norm {metrics['grad_norm']}) "
+    f"at step {step}; {kept}. Lower config.learning_rate or check the input data."
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+  model: Any
+  state: TrainState
+  metrics: dict[str, float]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devices=None):
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns a TrainResult.
+
+  Raises:
+    ValueError: unknown model/dataset or a bad config value (the message says which).
+    TrainingDivergedError: the loss became NaN/inf (the message names the step).
+    KeyboardInterrupt: after saving a checkpoint of the current step.
+  """
+  info = data.dataset_info(config.dataset, config.get("data_dir"))
+  model = create_model(config, info.num_classes)
+  image_size = config.get("image_size") or info.image_size
+  process_count, process_index = jax.process_count(), jax.process_index()
+  if config.batch_size % process_count:
+    raise ValueError(
+      f"batch_size {config.batch_size} must be divisible by the {process_count} processes"
+    )
+  mesh = Mesh.create(devices)
+  if config.batch_size % mesh.mesh.size:
+    raise ValueError(
+      f"batch_size {config.batch_size} must be divisible by the {mesh.mesh.size} devices"
+    )
+  steps_per_epoch = max(info.num_train // config.batch_size, 1)
+  total_steps = config.get("num_train_steps", -1)
+  if total_steps is None or total_steps <= 0:
+    total_steps = int(config.num_epochs * steps_per_epoch)
+  schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
+  tx = create_optimizer(config, schedule)
+
+  input_shape = (image_size, image_size, info.channels)
+  init = jax.jit(
+    functools.partial(init_state, model, tx, input_shape=input_shape),
+    out_shardings=mesh.replicated,
+  )
+  state = init(jax.random.key(config.seed))
+  mngr = checkpoint.manager(workdir, max_to_keep=config.get("keep_checkpoints", 3))
+  last_saved = mngr.latest_step()
+  if last_saved is not None:
+    abstract = checkpoint.abstract_like(state, jax.tree.map(lambda _: mesh.replicated, state))
+    state = checkpoint.restore(mngr, abstract, last_saved)
+    logging.info("resumed from %s at step %d", mngr.directory, last_saved)
+  start_step = int(state.step)
+
+  writer = summary.MetricWriter(workdir, enabled=process_index == 0)
+  if process_index == 0:
+    os.makedirs(workdir, exist_ok=True)
+    # convert.py reads the architecture from here.
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  step_fn = jax.jit(
+    functools.partial(
+      train_step,
+      model=model,
+      tx=tx,
+      schedule=schedule,
+      num_classes=info.num_classes,
+      label_smoothing=config.get("label_smoothing", 0.0),
+    ),
+    in_shardings=(mesh.replicated, mesh.batch),
+    out_shardings=(mesh.replicated, mesh.replicated),
+    donate_argnums=0,
+  )
+  local_batch = config.batch_size // process_count
+  batches = data.train_batches(
+    config.dataset,
+    batch_size=local_batch,
+    seed=config.seed,
+    start_step=start_step,
+    image_size=image_size,
+    data_dir=config.get("data_dir"),
+    process_index=process_index,
+    process_count=process_count,
+    augment=config.get("augment", True),
+  )
+
+  def run_eval(state) -> dict[str, float]:
+    eval_batches = data.eval_batches(
+      config.dataset,
+      batch_size=local_batch,
+      image_size=image_size,
+      data_dir=config.get("data_dir"),
+      process_index=process_index,
+      process_count=process_count,
+    )
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return evaluate(eval_apply_fn(model), variables, eval_batches, mesh)
+
+  log_every = config.get("log_every_steps", 50)
+  ckpt_every = config.get("checkpoint_every_steps", 1000)
+  eval_every = max(int(config.get("eval_every_epochs", 1) * steps_per_epoch), 1)
+  progress = summary.Progress(total_steps, start_step, config.batch_size)
+  logging.info(
+    "training %s on %s: %d steps (%d per epoch), global batch %d on %d devices, %d processes",
+    config.model,
+    config.dataset,
+    total_steps,
+    steps_per_epoch,
+    config.batch_size,
+    mesh.mesh.size,
+    process_count,
+  )
+  start_time = time.perf_counter()
+  eval_metrics: dict[str, float] = {}
+  pending = None  # the previous step's metrics, fetched one step late to keep the device busy
+  step, metrics = start_step, None
+  try:
+    while step < total_steps:
+      state, metrics = step_fn(state, mesh.global_batch(next(batches)))
+      step += 1
+      if pending is not None:
+        done = jax.device_get(pending[1])
+        _check_finite(pending[0], done, last_saved)
+        progress.add(done)
+      pending = (step, metrics)
+      at_checkpoint = step % ckpt_every == 0 or step == total_steps
+      if step % log_every == 0 or at_checkpoint or step % eval_every == 0:
+        done = jax.device_get(metrics)
+        _check_finite(step, done, last_saved)
+        progress.add(done)
+        pending = None
+        if step % log_every == 0 or step == total_steps:
+          writer.write_scalars(step, {f"train/{k}": v for k, v in progress.report(step).items()})
+      if at_checkpoint:
+        checkpoint.save(mngr, step, state, force=True)
+        last_saved = step
+      if step % eval_every == 0 or step == total_steps:
+        eval_metrics = run_eval(state)
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+        logging.info(
+          "eval at step %d (epoch %.1f): top-1 %.4f, top-5 %.4f, loss %.4f",
+          step,
+          step / steps_per_epoch,
+          eval_metrics["top1"],
+          eval_metrics["top5"],
+          eval_metrics["loss"],
+        )
+  except KeyboardInterrupt:
+    finite = metrics is not None and bool(np.isfinite(jax.device_get(metrics["loss"])))
+    if last_saved != step and finite:
+      checkpoint.save(mngr, step, state, force=True)
+      last_saved = step
+    mngr.wait_until_finished()
+    logging.warning("interrupted at step %d; checkpoint saved, run again to resume", step)
+    raise
+  finally:
+    mngr.wait_until_finished()
+  if not eval_metrics:  # resumed at the last step: nothing trained, still report the model
+    eval_metrics = run_eval(state)
+  results = {
+    "step": step,
+    "epochs": step / steps_per_epoch,
+    "train_seconds_this_run": time.perf_counter() - start_time,
+    **{f"eval_{k}": v for k, v in eval_metrics.items()},
+  }
+  writer.write_json("metrics.json", results)
+  writer.close()
+  return TrainResult(model=model, state=state, metrics=results)
+
+
+def load_config_json(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved in its workdir."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    return ml_collections.ConfigDict(json.load(f))

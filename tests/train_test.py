@@ -1,0 +1,165 @@
+"""The training loop: sharding, multi-process, resume, divergence, bad names, the CLI."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import traverse_util
+from train_config import tiny_config
+
+from rmjax import compare, data, train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def flat_params(state):
+  tree = {"params": state.params, "batch_stats": state.batch_stats}
+  return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
+
+
+def run_worker(*args, timeout=600):
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  return subprocess.Popen(
+    [sys.executable, os.path.join(HERE, "train_worker.py"), *map(str, args)],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+
+
+def assert_same_arrays(a, b, atol):
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], atol=atol, rtol=0, err_msg=k)
+
+
+def test_eight_devices_train_like_one(tmp_path):
+  proc = run_worker("sharded", tmp_path)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out
+  one = dict(np.load(tmp_path / "devices1.npz"))
+  eight = dict(np.load(tmp_path / "devices8.npz"))
+  # BatchNorm statistics included: under jit they are computed over the global batch.
+  assert any("batch_stats" in k for k in one)
+  assert_same_arrays(one, eight, atol=1e-5)
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_with_jax_distributed(tmp_path):
+  port = free_port()
+  procs = [run_worker("distributed", tmp_path, i, 2, port) for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs, strict=True):
+    assert p.returncode == 0, out
+  a = dict(np.load(tmp_path / "process0.npz"))
+  b = dict(np.load(tmp_path / "process1.npz"))
+  assert_same_arrays(a, b, atol=0)
+
+
+def interrupt_after(n, batches):
+  for i, batch in enumerate(batches):
+    if i == n:
+      raise KeyboardInterrupt
+    yield batch
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+  config = tiny_config(num_train_steps=5, checkpoint_every_steps=100)
+  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+
+  real = data.train_batches
+  monkeypatch.setattr(data, "train_batches", lambda *a, **k: interrupt_after(3, real(*a, **k)))
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  # Ctrl-C saved the state of step 3 even though 3 is no checkpoint step.
+  assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["3"]
+  monkeypatch.setattr(data, "train_batches", real)
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert int(resumed.state.step) == 5
+  assert_same_arrays(flat_params(straight.state), flat_params(resumed.state), atol=1e-6)
+  assert int(straight.state.rng[0]) == int(resumed.state.rng[0])
+  # A finished run started again trains nothing and still reports its evaluation.
+  again = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert int(again.state.step) == 5
+  assert again.metrics["eval_top1"] == resumed.metrics["eval_top1"]
+  moved = flat_params(straight.state)
+  assert os.path.exists(tmp_path / "straight" / "metrics.json")
+  assert any(np.abs(v).max() > 0 for v in moved.values())
+
+
+def poison_from(n, batches):
+  for i, batch in enumerate(batches):
+    if i >= n:
+      batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+    yield batch
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  config = tiny_config(num_train_steps=8, checkpoint_every_steps=2)
+  real = data.train_batches
+  monkeypatch.setattr(data, "train_batches", lambda *a, **k: poison_from(4, real(*a, **k)))
+  with pytest.raises(
+    train.TrainingDivergedError,
+    match=r"at step 5; the last good checkpoint "
+    r"\(step 4\) is kept",
+  ):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+
+
+def test_unknown_model_and_dataset_names(tmp_path):
+  with pytest.raises(ValueError, match="unknown model 'resnet7'.*resnet20"):
+    train.train_and_evaluate(tiny_config(model="resnet7"), str(tmp_path))
+  with pytest.raises(ValueError, match="unknown dataset 'mnist3'.*fashion_mnist_small"):
+    train.train_and_evaluate(tiny_config(dataset="mnist3"), str(tmp_path))
+
+
+def test_cli_help_and_bad_config_value(tmp_path):
+  help_text = subprocess.run(
+    [sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True
+  ).stdout
+  for flag in ("--config", "--workdir", "--distributed", "--coordinator_address"):
+    assert flag in help_text
+  bad = subprocess.run(
+    [
+      sys.executable,
+      "train.py",
+      "--config",
+      "configs/demo.py",
+      "--config.dataset=nope",
+      f"--workdir={tmp_path}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
+  assert bad.returncode != 0
+  assert "error: unknown dataset 'nope'" in bad.stderr
+  assert "Traceback" not in bad.stderr
+
+
+def test_trained_model_converts_to_an_equal_plain_network(tmp_path):
+  config = tiny_config(num_train_steps=4)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  variables = {"params": result.state.params, "batch_stats": result.state.batch_stats}
+
+  def make_batches():
+    return data.eval_batches(config.dataset, batch_size=256)
+
+  rows = compare.compare_with_plain(result.model, variables, make_batches, train.Mesh.create())
+  original, plain = rows
+  assert original["top1"] == plain["top1"] == result.metrics["eval_top1"]
+  assert plain["max_abs_logit_diff"] < 1e-4
+  assert plain["params"] > original["params"]
+  table = compare.format_table(rows)
+  assert table.count("\n") == 3 and "PlainNet (RM)" in table
