@@ -135,3 +135,32 @@ def count_residual_adds(fn, *args) -> int:
   """
   jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
   return _count_residual_adds(jaxpr, set(jaxpr.invars))
+
+
+def _count_macs(jaxpr) -> int:
+  macs = 0
+  for eqn in jaxpr.eqns:
+    macs += sum(_count_macs(sub) for sub in _sub_jaxprs(eqn))
+    name = eqn.primitive.name
+    if name == "conv_general_dilated":
+      out = eqn.outvars[0].aval
+      kernel = eqn.invars[1].aval
+      spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, spatial...) kernel axes
+      per_output = int(np.prod([kernel.shape[d] for d in spec[1:]]))
+      macs += int(np.prod(out.shape)) * per_output
+    elif name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval
+      macs += int(np.prod(eqn.outvars[0].aval.shape)) * int(
+        np.prod([lhs.shape[d] for d in contract])
+      )
+  return macs
+
+
+def count_macs(fn, *args) -> int:
+  """Multiply-accumulates of the convolutions and matmuls `fn(*args)` performs.
+
+  Counted from the jaxpr, so the residual and the plain network are measured the same way
+  (papers' "FLOPs" usually mean these MACs). Grouped convs count `in / groups` per output.
+  """
+  return _count_macs(jax.make_jaxpr(fn)(*args).jaxpr)

@@ -40,6 +40,8 @@ from rmjax.models.resnet import (
   resnet110,
   resnet152,
 )
+from rmjax.models.rmnext import PRESETS as _RMNEXT_PRESETS
+from rmjax.models.rmnext import RepVGGStem, RMNeXt, RMNeXtBlock
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
   "resnet18": resnet18,
@@ -53,6 +55,8 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
   "resnet44": resnet44,
   "resnet56": resnet56,
   "resnet110": resnet110,
+  # The paper's RMNet family (Sec. 5.4, Table 3): rmnext{depth}x{T}_{channels per group}.
+  **_RMNEXT_PRESETS,
 }
 
 
@@ -97,6 +101,9 @@ __all__ = [
   "MaxPool",
   "PlainNet",
   "ReLU",
+  "RMNeXt",
+  "RMNeXtBlock",
+  "RepVGGStem",
   "ResNet",
   "ResidualBlock",
   "Stem",

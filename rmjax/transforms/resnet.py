@@ -67,13 +67,17 @@ def convert_basic_block(block: BasicBlock, variables, options: Options) -> list[
   )
 
 
-@register_converter(Bottleneck)
-def convert_bottleneck(block: Bottleneck, variables, options: Options) -> list[Emitted]:
-  """Reserve through all three convs; the 3x3 carries the stride and Dirac groups."""
+def convert_three_conv_block(block, variables, options: Options, *, groups: int = 1):
+  """1x1 -> 3x3 (stride, `groups`) -> 1x1 with a shortcut: reserve through all three convs.
+
+  The 3x3 carries the reserved channels as Dirac groups of its own group size (or densely with
+  `options.dense_reserve`) and the block's stride; a projection's folded 1x1 weights become the
+  last conv's extra input columns. Serves ResNet's Bottleneck and RMNeXt's block.
+  """
   conv1 = reserve(conv_layer(variables, "conv1", "bn1", options, epsilon=EPS), epsilon=EPS)
-  conv2, groups = reserve_grouped(
+  conv2, new_groups = reserve_grouped(
     conv_layer(variables, "conv2", "bn2", options, epsilon=EPS),
-    groups=1,
+    groups=groups,
     channels=block.in_features,
     dense=options.dense_reserve,
     epsilon=EPS,
@@ -86,11 +90,16 @@ def convert_bottleneck(block: Bottleneck, variables, options: Options) -> list[E
   return (
     emit_conv(conv1, stride=1, padding=0, epsilon=EPS)
     + [Emitted(ReLU())]
-    + emit_conv(conv2, stride=block.strides, padding=1, groups=groups, epsilon=EPS)
+    + emit_conv(conv2, stride=block.strides, padding=1, groups=new_groups, epsilon=EPS)
     + [Emitted(ReLU())]
     + emit_conv(conv3, stride=1, padding=0, epsilon=EPS)
     + [Emitted(ReLU())]
   )
+
+
+@register_converter(Bottleneck)
+def convert_bottleneck(block: Bottleneck, variables, options: Options) -> list[Emitted]:
+  return convert_three_conv_block(block, variables, options)
 
 
 @register_converter(Head)

@@ -1,0 +1,40 @@
+"""Converters for RMNeXt (Sec. 5.4): the RepVGG-style stem and the grouped inverted block."""
+
+from __future__ import annotations
+
+from rmjax.models.plain import ReLU
+from rmjax.models.rmnext import RepVGGStem, RMNeXtBlock
+from rmjax.transforms.batchnorm import fold_batchnorm
+from rmjax.transforms.convert import Emitted, Options, emit_conv, register_converter
+from rmjax.transforms.dirac import pad_kernel
+from rmjax.transforms.resnet import EPS, convert_three_conv_block
+
+
+def _folded(variables, conv: str, bn: str):
+  bn_vars = {**variables["params"][bn], **variables["batch_stats"][bn]}
+  return fold_batchnorm(variables["params"][conv]["kernel"], bn_vars, epsilon=EPS)
+
+
+@register_converter(RepVGGStem)
+def convert_repvgg_stem(stem: RepVGGStem, variables, options: Options) -> list[Emitted]:
+  """Each 3x3 ConvBN + 1x1 ConvBN pair re-parameterises into one 3x3 conv (RepVGG, Eq. 1).
+
+  Both branches are linear before the ReLU, so their BN-folded kernels add (the 1x1 kernel
+  zero-padded to 3x3). Two BNs cannot be kept as one, so the stem is in deploy form (conv with
+  bias) even when `options.keep_bn` is set.
+  """
+  del options
+  layers = []
+  for i, stride in enumerate(stem.strides):
+    k3, b3 = _folded(variables, f"conv3x3_{i}", f"bn3x3_{i}")
+    k1, b1 = _folded(variables, f"conv1x1_{i}", f"bn1x1_{i}")
+    merged = {"kernel": k3 + pad_kernel(k1, 3), "bias": b3 + b1}
+    layers += emit_conv(merged, stride=stride, padding=1, epsilon=EPS) + [Emitted(ReLU())]
+  return layers
+
+
+@register_converter(RMNeXtBlock)
+def convert_rmnext_block(block: RMNeXtBlock, variables, options: Options) -> list[Emitted]:
+  """Reserve through conv1 and the grouped conv (Dirac groups of `cpg` channels), merge in conv3;
+  an identity block's deployed grouped conv is `expansion x out` wide (Table 4)."""
+  return convert_three_conv_block(block, variables, options, groups=block.groups)
