@@ -51,8 +51,8 @@ def batch_norm(train: bool, name: str) -> nn.BatchNorm:
   )
 
 
-class Stem(nn.Module):
-  """`cifar`: 3x3 conv, stride 1. `imagenet`: 7x7 conv stride 2 + 3x3 max-pool stride 2."""
+class StemBase(nn.Module):
+  """A stem of `features` output channels for `kind` in STEMS (CIFAR or ImageNet inputs)."""
 
   features: int = 64
   kind: str = "cifar"
@@ -61,6 +61,10 @@ class Stem(nn.Module):
     if self.kind not in STEMS:
       raise ValueError(f"unknown stem {self.kind!r}; expected one of {STEMS}")
     super().__post_init__()
+
+
+class Stem(StemBase):
+  """`cifar`: 3x3 conv, stride 1. `imagenet`: 7x7 conv stride 2 + 3x3 max-pool stride 2."""
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -139,16 +143,25 @@ class Head(nn.Module):
     return nn.Dense(self.num_classes, name="fc")(jnp.mean(x, axis=(1, 2)))
 
 
-class ResNet(nn.Module):
-  """A ResNet. `stage_sizes[i]` blocks of width `widths[i]`, the first with `strides[i]`."""
+class StagedNetwork(nn.Module):
+  """Stem, stages of residual blocks, head: described by `layout()`, applied in that order.
+
+  Stage i has `stage_sizes[i]` blocks of width `widths[i]`, the first with stride `strides[i]`.
+  Subclasses say how to build their stem and their blocks.
+  """
 
   stage_sizes: Sequence[int]
-  block: type[ResidualBlock] = BasicBlock
   num_classes: int = 1000
   stem: str = "imagenet"
   widths: Sequence[int] = (64, 128, 256, 512)
   strides: Sequence[int] = (1, 2, 2, 2)
   stem_width: int = 64
+
+  def stem_module(self) -> nn.Module:
+    raise TypeError(f"{type(self).__name__} must define stem_module()")
+
+  def block_module(self, stage: int, in_features: int, width: int, stride: int, name: str):
+    raise TypeError(f"{type(self).__name__} must define block_module()")
 
   def layout(self) -> tuple[nn.Module, ...]:
     """The network as a sequence of unbound blocks: stem, residual blocks, head."""
@@ -157,17 +170,17 @@ class ResNet(nn.Module):
         f"stage_sizes {tuple(self.stage_sizes)}, widths {tuple(self.widths)} and strides "
         f"{tuple(self.strides)} must have the same length"
       )
-    parts: list[nn.Module] = [Stem(self.stem_width, self.stem, parent=None, name="stem")]
+    parts: list[nn.Module] = [self.stem_module()]
     in_features = self.stem_width
     for i, (size, width, stride) in enumerate(
       zip(self.stage_sizes, self.widths, self.strides, strict=True)
     ):
       for j in range(size):
-        blk = self.block(
-          in_features, width, stride if j == 0 else 1, parent=None, name=f"layer{i + 1}_{j}"
+        block = self.block_module(
+          i, in_features, width, stride if j == 0 else 1, f"layer{i + 1}_{j}"
         )
-        parts.append(blk)
-        in_features = blk.out_features
+        parts.append(block)
+        in_features = block.out_features
     parts.append(Head(self.num_classes, parent=None, name="head"))
     return tuple(parts)
 
@@ -176,6 +189,18 @@ class ResNet(nn.Module):
     for part in self.layout():
       x = part.clone(parent=self, name=part.name)(x, train=train)
     return x
+
+
+class ResNet(StagedNetwork):
+  """A ResNet of `block`s (BasicBlock or Bottleneck); see StagedNetwork for the stages."""
+
+  block: type[ResidualBlock] = BasicBlock
+
+  def stem_module(self):
+    return Stem(self.stem_width, self.stem, parent=None, name="stem")
+
+  def block_module(self, stage, in_features, width, stride, name):
+    return self.block(in_features, width, stride, parent=None, name=name)
 
 
 resnet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)

@@ -15,23 +15,21 @@ Presets are named `rmnext{depth}x{T}_{cpg}` as in the paper's Table 3:
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 
 import flax.linen as nn
 
-from rmjax.models.resnet import STEMS, Head, ResidualBlock, batch_norm, conv, conv_init
+from rmjax.models.resnet import (
+  ResidualBlock,
+  StagedNetwork,
+  StemBase,
+  batch_norm,
+  conv,
+  conv_init,
+)
 
 
-class RepVGGStem(nn.Module):
+class RepVGGStem(StemBase):
   """RepVGG blocks without identity: relu(BN(conv3x3(x)) + BN(conv1x1(x))), one per stride."""
-
-  features: int = 64
-  kind: str = "cifar"
-
-  def __post_init__(self):
-    if self.kind not in STEMS:
-      raise ValueError(f"unknown stem {self.kind!r}; expected one of {STEMS}")
-    super().__post_init__()
 
   @property
   def strides(self) -> tuple[int, ...]:
@@ -97,49 +95,25 @@ class RMNeXtBlock(ResidualBlock):
     return nn.relu(y + x)
 
 
-class RMNeXt(nn.Module):
+class RMNeXt(StagedNetwork):
   """Stages of RMNeXt blocks; stage i has width `widths[i]` and `cpg * 2**i` channels/group."""
 
-  stage_sizes: Sequence[int]
   expansion: int = 3
   channels_per_group: int = 32
-  num_classes: int = 1000
-  stem: str = "imagenet"
-  widths: Sequence[int] = (64, 128, 256, 512)
-  strides: Sequence[int] = (1, 2, 2, 2)
-  stem_width: int = 64
 
-  def layout(self) -> tuple[nn.Module, ...]:
-    if not len(self.stage_sizes) == len(self.widths) == len(self.strides):
-      raise ValueError(
-        f"stage_sizes {tuple(self.stage_sizes)}, widths {tuple(self.widths)} and strides "
-        f"{tuple(self.strides)} must have the same length"
-      )
-    parts: list[nn.Module] = [RepVGGStem(self.stem_width, self.stem, parent=None, name="stem")]
-    in_features = self.stem_width
-    for i, (size, width, stride) in enumerate(
-      zip(self.stage_sizes, self.widths, self.strides, strict=True)
-    ):
-      for j in range(size):
-        block = RMNeXtBlock(
-          in_features,
-          width,
-          stride if j == 0 else 1,
-          expansion=self.expansion,
-          channels_per_group=self.channels_per_group * 2**i,
-          parent=None,
-          name=f"layer{i + 1}_{j}",
-        )
-        parts.append(block)
-        in_features = width
-    parts.append(Head(self.num_classes, parent=None, name="head"))
-    return tuple(parts)
+  def stem_module(self):
+    return RepVGGStem(self.stem_width, self.stem, parent=None, name="stem")
 
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    for part in self.layout():
-      x = part.clone(parent=self, name=part.name)(x, train=train)
-    return x
+  def block_module(self, stage, in_features, width, stride, name):
+    return RMNeXtBlock(
+      in_features,
+      width,
+      stride,
+      expansion=self.expansion,
+      channels_per_group=self.channels_per_group * 2**stage,
+      parent=None,
+      name=name,
+    )
 
 
 def _preset(stage_sizes, expansion, cpg, stem="imagenet"):
