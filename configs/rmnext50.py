@@ -11,22 +11,15 @@ anything else.
   python train.py --config configs/rmnext50.py
 """
 
-from configs import default
+from configs import resnet50_imagenet
 
 
 def get_config():
-  config = default.get_config()
+  config = resnet50_imagenet.get_config()  # ImageNet data, batch 256, weight decay 1e-4
   config.model = "rmnext50x6_32"
-  config.model_kwargs.stem = "imagenet"
-  config.dataset = "imagenet2012"
-  config.image_size = 224
-  config.batch_size = 256
   config.num_epochs = 120.0
   config.learning_rate = 0.1
-  config.weight_decay = 1e-4
   config.lr_schedule = "cosine"
   config.warmup_epochs = 5.0
   config.label_smoothing = 0.1
-  config.log_every_steps = 100
-  config.checkpoint_every_steps = 5000
   return config
