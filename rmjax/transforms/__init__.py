@@ -17,6 +17,7 @@ Building blocks, by the paper's steps:
   reserve             extend a first conv with Dirac output channels (Sec. 4.1)
   reserve_grouped     carry reserved channels through a middle conv as Dirac groups
   merge               extend a last conv with shortcut input columns (Eq. 4, Appendix A.1 (b))
+  fuse_pointwise      two consecutive 1x1 convs with no activation between -> one (Eq. 5)
   rm_convert          the whole network, one registered converter per block type
 """
 
@@ -33,6 +34,7 @@ from rmjax.transforms.convert import (
   rm_convert,
 )
 from rmjax.transforms.dirac import dirac_kernel, grouped_to_dense, pad_kernel
+from rmjax.transforms.fuse import fuse_pointwise
 from rmjax.transforms.rm import merge, reserve, reserve_grouped
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
   "convertible_blocks",
   "dirac_kernel",
   "fold_batchnorm",
+  "fuse_pointwise",
   "grouped_to_dense",
   "identity_batchnorm",
   "merge",
