@@ -83,17 +83,8 @@ def main(argv):
 def report(config, result) -> None:
   """Converts the trained model and prints original vs plain side by side."""
   info = data.dataset_info(config.dataset, config.data_dir)
+  make_batches = train.eval_batches_for(config, info)
   mesh = train.Mesh.create()
-
-  def make_batches():
-    return data.eval_batches(
-      config.dataset,
-      batch_size=config.batch_size // jax.process_count(),
-      image_size=config.image_size or info.image_size,
-      data_dir=config.data_dir,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-    )
 
   state = result.state
   variables = {"params": state.params, "batch_stats": state.batch_stats}

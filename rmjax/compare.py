@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from rmjax import transforms
 from rmjax.testing import count_params
-from rmjax.train import Mesh, eval_apply_fn, evaluate
+from rmjax.train import Mesh, accumulate, eval_apply_fn, eval_metrics_from, eval_sums
 
 
 def inference_speed(apply_fn, variables, images, *, repeats: int = 10) -> float:
@@ -31,34 +31,40 @@ def inference_speed(apply_fn, variables, images, *, repeats: int = 10) -> float:
 
 
 @functools.partial(jax.jit, static_argnames=("apply_a", "apply_b"))
-def _max_difference(vars_a, vars_b, batch, apply_a, apply_b):
-  diff = jnp.abs(apply_a(vars_a, batch["image"]) - apply_b(vars_b, batch["image"]))
-  return jnp.max(diff * batch["mask"][:, None])
+def _compare_step(vars_a, vars_b, batch, apply_a, apply_b):
+  """Eval sums of both networks and their max |logit difference| on one batch."""
+  logits_a = apply_a(vars_a, batch["image"])
+  logits_b = apply_b(vars_b, batch["image"])
+  diff = jnp.max(jnp.abs(logits_a - logits_b) * batch["mask"][:, None])
+  return eval_sums(logits_a, batch), eval_sums(logits_b, batch), diff
 
 
 def compare_with_plain(model, variables, make_batches, mesh: Mesh, *, keep_bn: bool = False):
   """Converts `model` with `rm_convert` and measures both on the batches of `make_batches()`.
 
-  Returns rows `{"network", "top1", "top5", "params", "imgs_per_sec"}` and the max |logit
-  difference| over all evaluated examples (`rows[1]["max_abs_logit_diff"]`).
+  One pass over the batches gives both networks' accuracy and the max |logit difference|
+  (`rows[1]["max_abs_logit_diff"]`); speed is timed on the first batch. Returns rows
+  `{"network", "top1", "top5", "params", "imgs_per_sec"}`.
   """
   convert = jax.jit(transforms.rm_convert, static_argnums=0, static_argnames="keep_bn")
   plain, plain_vars = convert(model, variables, keep_bn=keep_bn)
   apply_model, apply_plain = eval_apply_fn(model), eval_apply_fn(plain)
-  first = next(iter(make_batches()))
-  images = jnp.asarray(first["image"])
+  totals_model = totals_plain = images = None
   worst = 0.0
   for local in make_batches():
-    batch = mesh.global_batch(local)
-    worst = max(
-      worst, float(_max_difference(variables, plain_vars, batch, apply_model, apply_plain))
+    images = jnp.asarray(local["image"]) if images is None else images
+    sums_model, sums_plain, diff = _compare_step(
+      variables, plain_vars, mesh.global_batch(local), apply_model, apply_plain
     )
+    totals_model = accumulate(totals_model, sums_model)
+    totals_plain = accumulate(totals_plain, sums_plain)
+    worst = max(worst, float(diff))
   rows = []
-  for name, apply_fn, v in (
-    (type(model).__name__ + " (residual)", apply_model, variables),
-    ("PlainNet (RM)", apply_plain, plain_vars),
+  for name, apply_fn, v, totals in (
+    (type(model).__name__ + " (residual)", apply_model, variables, totals_model),
+    ("PlainNet (RM)", apply_plain, plain_vars, totals_plain),
   ):
-    metrics = evaluate(apply_fn, v, make_batches(), mesh)
+    metrics = eval_metrics_from(totals)
     rows.append(
       {
         "network": name,

@@ -129,9 +129,8 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, num_classes, la
   return new_state, metrics
 
 
-def eval_step(variables, batch, *, apply_fn):
+def eval_sums(logits, batch):
   """Sums over the real (mask == 1) examples: loss, top-1 and top-5 correct, count."""
-  logits = apply_fn(variables, batch["image"])
   mask = batch["mask"]
   label = batch["label"]
   k = min(5, logits.shape[-1])
@@ -142,6 +141,28 @@ def eval_step(variables, batch, *, apply_fn):
     "top1": jnp.sum((top_k[:, 0] == label) * mask),
     "top5": jnp.sum(jnp.any(top_k == label[:, None], axis=-1) * mask),
     "count": jnp.sum(mask),
+  }
+
+
+def eval_step(variables, batch, *, apply_fn):
+  return eval_sums(apply_fn(variables, batch["image"]), batch)
+
+
+def accumulate(totals, sums):
+  """Adds a batch's `sums` to running `totals` (None at the start)."""
+  return sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+
+
+def eval_metrics_from(totals) -> dict[str, float]:
+  """Top-1/top-5 accuracy, mean loss and example count from summed `eval_sums`."""
+  if totals is None:
+    raise ValueError("the evaluation split yielded no batches")
+  count = float(totals["count"])
+  return {
+    "top1": float(totals["top1"]) / count,
+    "top5": float(totals["top5"]) / count,
+    "loss": float(totals["loss"]) / count,
+    "examples": int(count),
   }
 
 
@@ -173,17 +194,21 @@ def evaluate(apply_fn, variables, batches, mesh: Mesh) -> dict[str, float]:
   step = jax.jit(functools.partial(eval_step, apply_fn=apply_fn), out_shardings=mesh.replicated)
   totals = None
   for local in batches:
-    sums = step(variables, mesh.global_batch(local))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  if totals is None:
-    raise ValueError("the evaluation split yielded no batches")
-  count = float(totals["count"])
-  return {
-    "top1": float(totals["top1"]) / count,
-    "top5": float(totals["top5"]) / count,
-    "loss": float(totals["loss"]) / count,
-    "examples": int(count),
-  }
+    totals = accumulate(totals, step(variables, mesh.global_batch(local)))
+  return eval_metrics_from(totals)
+
+
+def eval_batches_for(config, info: data.DatasetInfo):
+  """A function returning a fresh pass over this process's share of the config's test split."""
+  return functools.partial(
+    data.eval_batches,
+    config.dataset,
+    batch_size=config.batch_size // jax.process_count(),
+    image_size=config.get("image_size") or info.image_size,
+    data_dir=config.get("data_dir"),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
 
 
 def eval_apply_fn(model):
@@ -286,17 +311,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
     augment=config.get("augment", True),
   )
 
+  make_eval_batches = eval_batches_for(config, info)
+
   def run_eval(state) -> dict[str, float]:
-    eval_batches = data.eval_batches(
-      config.dataset,
-      batch_size=local_batch,
-      image_size=image_size,
-      data_dir=config.get("data_dir"),
-      process_index=process_index,
-      process_count=process_count,
-    )
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return evaluate(eval_apply_fn(model), variables, eval_batches, mesh)
+    return evaluate(eval_apply_fn(model), variables, make_eval_batches(), mesh)
 
   log_every = config.get("log_every_steps", 50)
   ckpt_every = config.get("checkpoint_every_steps", 1000)
