@@ -64,18 +64,22 @@ def convertible_blocks() -> list[str]:
 # --- helpers for converters ---------------------------------------------------------------
 
 
+def batchnorm_of(variables, bn: str):
+  """The BN `bn` of a block as `{"scale", "bias", "mean", "var"}` (params + batch_stats)."""
+  return {**variables["params"][bn], **variables["batch_stats"][bn]}
+
+
+def folded_conv(variables, conv: str, bn: str, *, epsilon: float):
+  """`(kernel, bias)` of the conv `conv` with the BN `bn` folded in."""
+  kernel = variables["params"][conv]["kernel"]
+  return fold_batchnorm(kernel, batchnorm_of(variables, bn), epsilon=epsilon)
+
+
 def conv_layer(variables, conv: str, bn: str, options: Options, *, epsilon: float):
   """The conv `conv` and BN `bn` of a block as an RM conv layer dict (see `transforms.rm`)."""
-  kernel = variables["params"][conv]["kernel"]
-  stats = {
-    "scale": variables["params"][bn]["scale"],
-    "bias": variables["params"][bn]["bias"],
-    "mean": variables["batch_stats"][bn]["mean"],
-    "var": variables["batch_stats"][bn]["var"],
-  }
   if options.keep_bn:
-    return {"kernel": kernel, "bn": stats}
-  kernel, bias = fold_batchnorm(kernel, stats, epsilon=epsilon)
+    return {"kernel": variables["params"][conv]["kernel"], "bn": batchnorm_of(variables, bn)}
+  kernel, bias = folded_conv(variables, conv, bn, epsilon=epsilon)
   return {"kernel": kernel, "bias": bias}
 
 
@@ -243,6 +247,7 @@ __all__ = [
   "conv_layer",
   "convertible_blocks",
   "emit_conv",
+  "folded_conv",
   "register_converter",
   "rm_convert",
 ]

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 
 from rmjax.models.plain import Dense, GlobalAvgPool, MaxPool, ReLU
 from rmjax.models.resnet import BN_EPSILON, BasicBlock, Bottleneck, Head, ResidualBlock, Stem
-from rmjax.transforms.batchnorm import fold_batchnorm
 from rmjax.transforms.convert import (
   Emitted,
   Options,
   conv_layer,
   emit_conv,
+  folded_conv,
   register_converter,
 )
 from rmjax.transforms.rm import merge, reserve, reserve_grouped
@@ -26,9 +26,7 @@ EPS = BN_EPSILON
 def shortcut_weights(block: ResidualBlock, variables):
   """The shortcut as a 1x1 conv `(kernel, bias)`: identity, or the BN-folded projection."""
   if block.has_projection:
-    p, s = variables["params"], variables["batch_stats"]
-    bn = {**p["proj_bn"], **s["proj_bn"]}
-    return fold_batchnorm(p["proj_conv"]["kernel"], bn, epsilon=EPS)
+    return folded_conv(variables, "proj_conv", "proj_bn", epsilon=EPS)
   dtype = variables["params"]["conv1"]["kernel"].dtype
   eye = jnp.eye(block.in_features, dtype=dtype)[None, None]
   return eye, jnp.zeros((block.in_features,), dtype)

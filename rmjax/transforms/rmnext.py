@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from rmjax.models.plain import ReLU
 from rmjax.models.rmnext import RepVGGStem, RMNeXtBlock
-from rmjax.transforms.batchnorm import fold_batchnorm
-from rmjax.transforms.convert import Emitted, Options, emit_conv, register_converter
+from rmjax.transforms.convert import Emitted, Options, emit_conv, folded_conv, register_converter
 from rmjax.transforms.dirac import pad_kernel
 from rmjax.transforms.resnet import EPS, convert_three_conv_block
-
-
-def _folded(variables, conv: str, bn: str):
-  bn_vars = {**variables["params"][bn], **variables["batch_stats"][bn]}
-  return fold_batchnorm(variables["params"][conv]["kernel"], bn_vars, epsilon=EPS)
 
 
 @register_converter(RepVGGStem)
@@ -26,8 +20,8 @@ def convert_repvgg_stem(stem: RepVGGStem, variables, options: Options) -> list[E
   del options
   layers = []
   for i, stride in enumerate(stem.strides):
-    k3, b3 = _folded(variables, f"conv3x3_{i}", f"bn3x3_{i}")
-    k1, b1 = _folded(variables, f"conv1x1_{i}", f"bn1x1_{i}")
+    k3, b3 = folded_conv(variables, f"conv3x3_{i}", f"bn3x3_{i}", epsilon=EPS)
+    k1, b1 = folded_conv(variables, f"conv1x1_{i}", f"bn1x1_{i}", epsilon=EPS)
     merged = {"kernel": k3 + pad_kernel(k1, 3), "bias": b3 + b1}
     layers += emit_conv(merged, stride=stride, padding=1, epsilon=EPS) + [Emitted(ReLU())]
   return layers
