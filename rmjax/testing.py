@@ -164,3 +164,22 @@ def count_macs(fn, *args) -> int:
   (papers' "FLOPs" usually mean these MACs). Grouped convs count `in / groups` per output.
   """
   return _count_macs(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def conversion_sizes(model, size: int, *, in_channels: int = 3, **convert_kwargs):
+  """`((params, MACs) of model, (params, MACs) of its rm_convert result)` on one
+  `size x size` input. From shapes only: no weights are drawn and nothing is compiled.
+
+    >>> (p0, f0), (p1, f1) = conversion_sizes(models.create("resnet50"), 224)
+  """
+  from rmjax import transforms  # Deferred: transforms imports nothing from here.
+
+  x = jax.ShapeDtypeStruct((1, size, size, in_channels), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  plain, plain_vars = jax.eval_shape(
+    lambda v: transforms.rm_convert(model, v, **convert_kwargs), variables
+  )
+  return (
+    (count_params(variables["params"]), count_macs(lambda v, x: model.apply(v, x), variables, x)),
+    (count_params(plain_vars["params"]), count_macs(plain.apply, plain_vars, x)),
+  )

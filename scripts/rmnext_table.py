@@ -6,12 +6,9 @@ the paper's Table 3. Counts come from shapes only (no weights, no compilation).
 
 import os
 
-import jax
-import jax.numpy as jnp
-
-from rmjax import models, transforms
+from rmjax import models
 from rmjax.models.rmnext import PRESETS
-from rmjax.testing import count_macs, count_params
+from rmjax.testing import conversion_sizes
 
 # Table 3 as published: (dataset, params M, FLOPs G, top-1 %).
 PAPER = {
@@ -28,12 +25,7 @@ PAPER = {
 def sizes(name):
   cifar = PAPER[name][0] == "CIFAR-10"
   model = models.create(name, num_classes=10 if cifar else 1000)
-  x = jax.ShapeDtypeStruct((1, 32, 32, 3) if cifar else (1, 224, 224, 3), jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-  plain, plain_vars = jax.eval_shape(lambda v: transforms.rm_convert(model, v), variables)
-  before = count_params(variables["params"]), count_macs(model.apply, variables, x)
-  after = count_params(plain_vars["params"]), count_macs(plain.apply, plain_vars, x)
-  return before, after
+  return conversion_sizes(model, 32 if cifar else 224)
 
 
 def main():

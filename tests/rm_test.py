@@ -147,3 +147,17 @@ class BottleneckRulesTest(chex.TestCase):
 def test_merge_rejects_a_shortcut_kernel_larger_than_the_conv():
   with pytest.raises(ValueError, match="cannot pad"):
     merge({"kernel": jnp.zeros((1, 1, 2, 2)), "bias": jnp.zeros(2)}, jnp.zeros((3, 3, 2, 2)), 0)
+
+
+@pytest.mark.parametrize("keep_bn", [False, True])
+def test_reserve_some_channels_copies_the_leading_ones(keep_bn):
+  ks = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(ks[0], (2, 6, 6, 5))  # may be negative: nothing here applies a ReLU
+  base = layer(jax.random.normal(ks[1], (1, 1, 5, 4)), random_bn(ks[2], 4), keep_bn)
+  reserved = reserve(base, channels=2, epsilon=EPS)
+  y = apply_layer(x, reserved)
+  assert y.shape == (2, 6, 6, 6)
+  chex.assert_trees_all_close(y[..., :4], apply_layer(x, base), atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(y[..., 4:], x[..., :2], atol=1e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match="cannot reserve 6 of a conv's 5 input channels"):
+    reserve(base, channels=6)

@@ -12,7 +12,7 @@ import pytest
 from rmjax import models, transforms
 from rmjax.models import plain as plain_layers
 from rmjax.models.rmnext import PRESETS
-from rmjax.testing import count_macs, count_params, eval_logits, random_variables
+from rmjax.testing import conversion_sizes, eval_logits, random_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,14 +88,7 @@ TABLE_3 = {
 
 def sizes(name, num_classes=1000, size=224):
   """(params, MACs) of the residual model and of its deploy form."""
-  model = models.create(name, num_classes=num_classes)
-  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-  plain, plain_vars = jax.eval_shape(lambda v: transforms.rm_convert(model, v), variables)
-  return (
-    (count_params(variables["params"]), count_macs(lambda v, x: model.apply(v, x), variables, x)),
-    (count_params(plain_vars["params"]), count_macs(plain.apply, plain_vars, x)),
-  )
+  return conversion_sizes(models.create(name, num_classes=num_classes), size)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,16 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+from rmjax.models.mobilenet import (
+  BlockSpec,
+  ConvBN,
+  DepthwiseSeparable,
+  InvertedResidual,
+  MobileNetV1,
+  MobileNetV2,
+  mobilenetv2,
+  mobilenetv2_to_v1,
+)
 from rmjax.models.plain import (
   BatchNorm,
   Conv,
@@ -20,8 +30,11 @@ from rmjax.models.plain import (
   Layer,
   MaxPool,
   PlainNet,
+  PReLU,
   ReLU,
 )
+from rmjax.models.repvgg import PRESETS as _REPVGG_PRESETS
+from rmjax.models.repvgg import RepBlock, RepVGG, ReservingRepBlock
 from rmjax.models.resnet import (
   BasicBlock,
   Bottleneck,
@@ -58,6 +71,14 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
   "resnet110": resnet110,
   # The paper's RMNet family (Sec. 5.4, Table 3): rmnext{depth}x{T}_{channels per group}.
   **_RMNEXT_PRESETS,
+  # RepVGG (Ding et al. 2021): repvgg_a0 ... repvgg_b3g4; and the paper's depth series of Fig. 8
+  # (repvgg21/37/69/133), all with `reserve_ratio` for the RM operation's RepVGG (Sec. 4.3).
+  **_REPVGG_PRESETS,
+  # MobileNets (Sec. 4.4, Table 2): Sandler et al.'s V2, Howard et al.'s V1, and the paper's
+  # re-designed V2 whose RM + fusion is exactly V1. All take width, stem, activation.
+  "mobilenetv1": MobileNetV1,
+  "mobilenetv2": mobilenetv2,
+  "mobilenetv2_to_v1": mobilenetv2_to_v1,
 }
 
 
@@ -92,6 +113,13 @@ def create(name: str, **kwargs) -> nn.Module:
 
 __all__ = [
   "BasicBlock",
+  "BlockSpec",
+  "ConvBN",
+  "DepthwiseSeparable",
+  "InvertedResidual",
+  "MobileNetV1",
+  "MobileNetV2",
+  "PReLU",
   "BatchNorm",
   "Bottleneck",
   "Conv",
@@ -104,12 +132,17 @@ __all__ = [
   "ReLU",
   "RMNeXt",
   "RMNeXtBlock",
+  "RepBlock",
+  "RepVGG",
   "RepVGGStem",
+  "ReservingRepBlock",
   "ResNet",
   "ResidualBlock",
   "StagedNetwork",
   "Stem",
   "create",
+  "mobilenetv2",
+  "mobilenetv2_to_v1",
   "names",
   "register",
   "resnet18",

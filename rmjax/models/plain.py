@@ -83,12 +83,62 @@ class BatchNorm:
 
 @dataclasses.dataclass(frozen=True)
 class ReLU:
+  """`max(x, 0)`, or with `max_value` also clipped from above (`max_value=6`: ReLU6)."""
+
+  max_value: float | None = None
+
   def __call__(self, x, *, train: bool, name: str):
     del train, name
-    return nn.relu(x)
+    x = nn.relu(x)
+    return x if self.max_value is None else jnp.minimum(x, self.max_value)
 
   def __str__(self):
-    return "ReLU()"
+    if self.max_value is None:
+      return "ReLU()"
+    if self.max_value == 6:
+      return "ReLU6()"
+    return f"ReLU(max_value={self.max_value:g})"
+
+
+class _PReLU(nn.Module):
+  features: int
+  max_value: float | None
+  clipped: int
+
+  @nn.compact
+  def __call__(self, x):
+    # PyTorch's PReLU initialises slopes to 0.25; converted networks set them explicitly.
+    slope = self.param("slope", nn.initializers.constant(0.25), (self.features,))
+    y = jnp.where(x >= 0, x, slope * x)
+    if self.max_value is None or self.clipped == 0:
+      return y
+    clipped = jnp.minimum(y[..., : self.clipped], self.max_value)
+    return jnp.concatenate([clipped, y[..., self.clipped :]], axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PReLU:
+  """Per-channel `x if x >= 0 else slope * x` (params: `slope`), the paper's activation for
+  reserved channels whose values can be negative (Sec. 4.1: slope 1 is the identity).
+
+  With `max_value`, the first `clipped` channels are also clipped from above: ReLU6 channels
+  (slope 0) side by side with unclipped pass-through ones, as a converted ReLU6 MobileNetV2 needs.
+  """
+
+  features: int
+  max_value: float | None = None
+  clipped: int = 0
+
+  def __call__(self, x, *, train: bool, name: str):
+    del train
+    return _PReLU(self.features, self.max_value, self.clipped, name=name)(x)
+
+  def __str__(self):
+    if self.max_value is None or self.clipped == 0:
+      return f"PReLU(num_parameters={self.features})"
+    return (
+      f"PReLU(num_parameters={self.features}, max_value={self.max_value:g}, clipped={self.clipped})"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +188,7 @@ class Dense:
     return f"Dense(in_features={self.in_features}, out_features={self.out_features})"
 
 
-Layer = Conv | BatchNorm | ReLU | MaxPool | GlobalAvgPool | Dense
+Layer = Conv | BatchNorm | ReLU | PReLU | MaxPool | GlobalAvgPool | Dense
 
 
 class PlainNet(nn.Module):

@@ -31,14 +31,17 @@ STEMS = ("cifar", "imagenet")
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def conv(features: int, kernel_size: int, stride: int = 1, name: str | None = None) -> nn.Conv:
-  """A bias-free conv with PyTorch's symmetric padding (k // 2 on every side)."""
+def conv(
+  features: int, kernel_size: int, stride: int = 1, name: str | None = None, *, groups: int = 1
+) -> nn.Conv:
+  """A bias-free conv with PyTorch's symmetric padding (k // 2 on every side), `groups` groups."""
   pad = kernel_size // 2
   return nn.Conv(
     features,
     (kernel_size, kernel_size),
     strides=(stride, stride),
     padding=((pad, pad), (pad, pad)),
+    feature_group_count=groups,
     use_bias=False,
     kernel_init=conv_init,
     name=name,
@@ -143,7 +146,25 @@ class Head(nn.Module):
     return nn.Dense(self.num_classes, name="fc")(jnp.mean(x, axis=(1, 2)))
 
 
-class StagedNetwork(nn.Module):
+class BlockNetwork(nn.Module):
+  """A network that is the sequence of blocks `layout()` returns, applied in order.
+
+  `layout()` gives unbound block modules (`parent=None`, each with its name); `__call__` binds
+  clones of them, so the variables of block `b` live under `b.name`. The blocks' fields are the
+  architecture that `rmjax.transforms.rm_convert` reads.
+  """
+
+  def layout(self) -> tuple[nn.Module, ...]:
+    raise TypeError(f"{type(self).__name__} must define layout()")
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for part in self.layout():
+      x = part.clone(parent=self, name=part.name)(x, train=train)
+    return x
+
+
+class StagedNetwork(BlockNetwork):
   """Stem, stages of residual blocks, head: described by `layout()`, applied in that order.
 
   Stage i has `stage_sizes[i]` blocks of width `widths[i]`, the first with stride `strides[i]`.
@@ -183,12 +204,6 @@ class StagedNetwork(nn.Module):
         in_features = block.out_features
     parts.append(Head(self.num_classes, parent=None, name="head"))
     return tuple(parts)
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    for part in self.layout():
-      x = part.clone(parent=self, name=part.name)(x, train=train)
-    return x
 
 
 class ResNet(StagedNetwork):

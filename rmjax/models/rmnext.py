@@ -24,7 +24,6 @@ from rmjax.models.resnet import (
   StemBase,
   batch_norm,
   conv,
-  conv_init,
 )
 
 
@@ -75,17 +74,7 @@ class RMNeXtBlock(ResidualBlock):
   def __call__(self, x, train: bool = False):
     y = conv(self.mid_features, 1, 1, name="conv1")(x)
     y = nn.relu(batch_norm(train, "bn1")(y))
-    pad = ((1, 1), (1, 1))
-    y = nn.Conv(
-      self.mid_features,
-      (3, 3),
-      strides=(self.strides, self.strides),
-      padding=pad,
-      feature_group_count=self.groups,
-      use_bias=False,
-      kernel_init=conv_init,
-      name="conv2",
-    )(y)
+    y = conv(self.mid_features, 3, self.strides, name="conv2", groups=self.groups)(y)
     y = nn.relu(batch_norm(train, "bn2")(y))
     y = conv(self.out_features, 1, 1, name="conv3")(y)
     y = batch_norm(train, "bn3")(y)

@@ -18,10 +18,14 @@ Building blocks, by the paper's steps:
   reserve_grouped     carry reserved channels through a middle conv as Dirac groups
   merge               extend a last conv with shortcut input columns (Eq. 4, Appendix A.1 (b))
   fuse_pointwise      two consecutive 1x1 convs with no activation between -> one (Eq. 5)
+  fuse_consecutive_pointwise   the same over a whole plain layer sequence (rm_convert's last step)
+  repvgg_reparam      a RepVGG block's 3x3, 1x1 and identity branches -> one 3x3 conv (Eq. 1)
   rm_convert          the whole network, one registered converter per block type
 """
 
 # Importing the converter modules registers them.
+from rmjax.transforms import mobilenet as _mobilenet_converters  # noqa: F401
+from rmjax.transforms import repvgg as _repvgg_converters  # noqa: F401
 from rmjax.transforms import resnet as _resnet_converters  # noqa: F401
 from rmjax.transforms import rmnext as _rmnext_converters  # noqa: F401
 from rmjax.transforms.batchnorm import fold_batchnorm, identity_batchnorm
@@ -30,11 +34,13 @@ from rmjax.transforms.convert import (
   Options,
   check_variables,
   convertible_blocks,
+  fuse_consecutive_pointwise,
   register_converter,
   rm_convert,
 )
 from rmjax.transforms.dirac import dirac_kernel, grouped_to_dense, pad_kernel
 from rmjax.transforms.fuse import fuse_pointwise
+from rmjax.transforms.repvgg import repvgg_reparam
 from rmjax.transforms.rm import merge, reserve, reserve_grouped
 
 __all__ = [
@@ -44,12 +50,14 @@ __all__ = [
   "convertible_blocks",
   "dirac_kernel",
   "fold_batchnorm",
+  "fuse_consecutive_pointwise",
   "fuse_pointwise",
   "grouped_to_dense",
   "identity_batchnorm",
   "merge",
   "pad_kernel",
   "register_converter",
+  "repvgg_reparam",
   "reserve",
   "reserve_grouped",
   "rm_convert",

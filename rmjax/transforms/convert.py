@@ -22,6 +22,7 @@ from flax import traverse_util
 
 from rmjax.models.plain import BatchNorm, Conv, Layer, PlainNet
 from rmjax.transforms.batchnorm import fold_batchnorm
+from rmjax.transforms.fuse import fuse_pointwise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +109,51 @@ def emit_conv(layer, *, stride: int, padding: int, groups: int = 1, epsilon: flo
   ]
 
 
+# --- fusion (Sec. 4.4) -----------------------------------------------------------------------
+
+
+def _read_conv(emitted: list[Emitted], i: int):
+  """The conv at `emitted[i]` (with the BN right after it, if any) as `(layer dict, spec, n,
+  epsilon)`, n being how many entries it spans; None where `emitted[i]` is not a conv."""
+  spec = emitted[i].layer
+  if not isinstance(spec, Conv):
+    return None
+  params = emitted[i].params
+  if spec.use_bias:
+    return {"kernel": params["kernel"], "bias": params["bias"]}, spec, 1, 1e-5
+  if i + 1 < len(emitted) and isinstance(emitted[i + 1].layer, BatchNorm):
+    bn = {**emitted[i + 1].params, **emitted[i + 1].batch_stats}
+    return {"kernel": params["kernel"], "bn": bn}, spec, 2, emitted[i + 1].layer.epsilon
+  zeros = jnp.zeros((spec.out_features,), params["kernel"].dtype)
+  return {"kernel": params["kernel"], "bias": zeros}, spec, 1, 1e-5
+
+
+def _pointwise(spec: Conv) -> bool:
+  return spec.kernel_size == 1 and spec.padding == 0 and spec.groups == 1
+
+
+def fuse_consecutive_pointwise(emitted: list[Emitted]) -> list[Emitted]:
+  """Eq. 5 over a layer sequence: every 1x1 conv (+ BN) directly followed by another 1x1 conv
+  (+ BN), with no activation between them, becomes one 1x1 conv (+ BN) — after RM this turns
+  MobileNetV2's project/expand pairs into MobileNetV1's pointwise convs (Fig. 6)."""
+  out = list(emitted)
+  i = 0
+  while i < len(out):
+    first = _read_conv(out, i)
+    second = _read_conv(out, i + first[2]) if first and i + first[2] < len(out) else None
+    if first is None or second is None or not (_pointwise(first[1]) and _pointwise(second[1])):
+      i += 1
+      continue
+    fused = fuse_pointwise(first[0], second[0], epsilon=first[3])
+    # A 1x1 conv's stride only subsamples, so two strides compose.
+    stride = first[1].stride * second[1].stride
+    out[i : i + first[2] + second[2]] = emit_conv(
+      fused, stride=stride, padding=0, epsilon=second[3]
+    )
+    # Stay at i: the fused layer may fuse with the next one too.
+  return out
+
+
 # --- validation -----------------------------------------------------------------------------
 
 
@@ -180,7 +226,14 @@ def _block_variables(variables, name: str):
   }
 
 
-def rm_convert(model: nn.Module, variables, *, keep_bn: bool = False, dense_reserve: bool = False):
+def rm_convert(
+  model: nn.Module,
+  variables,
+  *,
+  keep_bn: bool = False,
+  dense_reserve: bool = False,
+  fuse: bool = True,
+):
   """Removes every residual connection of `model`: returns `(plain_model, plain_variables)`.
 
   The result is a `PlainNet` (a flat sequence of conv / BN / ReLU / pool / dense layers) that
@@ -194,6 +247,9 @@ def rm_convert(model: nn.Module, variables, *, keep_bn: bool = False, dense_rese
       BN set to identity by Eq. 3.
     dense_reserve: carry reserved channels through a bottleneck's 3x3 conv with a dense kernel,
       as the published PyTorch code does (ResNet-50: 275M parameters), instead of Dirac groups.
+    fuse: fuse consecutive 1x1 convs that RM leaves without an activation between them (Eq. 5;
+      MobileNetV2 -> MobileNetV1, Fig. 6). False stops at the unfused "RMNetV1". Networks
+      without such pairs (ResNets) are unaffected.
 
   Raises:
     ValueError: the model has no converter, or `variables` does not match it (names each path).
@@ -222,6 +278,8 @@ def rm_convert(model: nn.Module, variables, *, keep_bn: bool = False, dense_rese
   emitted: list[Emitted] = []
   for block in layout:
     emitted += _CONVERTERS[type(block)](block, _block_variables(variables, block.name), options)
+  if fuse:
+    emitted = fuse_consecutive_pointwise(emitted)
   return assemble(emitted)
 
 
@@ -248,6 +306,7 @@ __all__ = [
   "convertible_blocks",
   "emit_conv",
   "folded_conv",
+  "fuse_consecutive_pointwise",
   "register_converter",
   "rm_convert",
 ]

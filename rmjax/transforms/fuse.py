@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from rmjax.transforms.batchnorm import fold_batchnorm
 
-def fuse_pointwise(first, second):
-  """Fuses two deploy-form 1x1 conv layers `{kernel, bias}` applied one after the other. Eq. 5.
 
-  Both kernels are `(1, 1, in, out)`; the result computes `second(first(x))` in one layer.
-  A stride on `first` carries over (a 1x1 conv samples pixels independently). Inputs are not
-  modified.
+def fuse_pointwise(first, second, *, epsilon: float = 1e-5):
+  """Fuses two 1x1 conv layers applied one after the other into one layer. Eq. 5.
+
+  Layers are RM conv layer dicts (see `transforms.rm`), in either form: `{kernel, bias}` or
+  `{kernel, bn}`. Both kernels are `(1, 1, in, out)`. `first`'s BN (if any) is folded; the
+  result has `second`'s form — in the fine-tuning form `second`'s BN is kept and the folded
+  bias `B W'` moves into its running mean, so the BN still sees what it saw before. A stride on
+  `first` carries over (a 1x1 conv samples pixels independently). Inputs are not modified.
 
     >>> fused = fuse_pointwise({"kernel": w1, "bias": b1}, {"kernel": w2, "bias": b2})
     >>> fused["kernel"].shape      # (1, 1, w1.shape[2], w2.shape[3])
@@ -27,7 +31,13 @@ def fuse_pointwise(first, second):
     raise ValueError(
       f"the first layer has {w1.shape[3]} outputs but the second takes {w2.shape[2]} inputs"
     )
-  a, b = w1[0, 0], w2[0, 0]  # (in, mid), (mid, out)
-  kernel = jnp.matmul(a, b, precision="highest")[None, None]
-  bias = jnp.matmul(first["bias"], b, precision="highest") + second["bias"]
-  return {"kernel": kernel, "bias": bias}
+  if "bn" in first:
+    w1, b1 = fold_batchnorm(w1, first["bn"], epsilon=epsilon)
+  else:
+    b1 = first["bias"]
+  b = w2[0, 0]  # (mid, out)
+  kernel = jnp.matmul(w1[0, 0], b, precision="highest")[None, None]
+  shift = jnp.matmul(b1, b, precision="highest")
+  if "bn" in second:
+    return {"kernel": kernel, "bn": {**second["bn"], "mean": second["bn"]["mean"] - shift}}
+  return {"kernel": kernel, "bias": shift + second["bias"]}

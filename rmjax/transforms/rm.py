@@ -36,21 +36,26 @@ def _append_outputs(layer, kernel, num_new: int, *, epsilon: float):
   return {"kernel": kernel, "bias": jnp.concatenate([layer["bias"], zeros])}
 
 
-def reserve(layer, *, epsilon: float = 1e-5):
+def reserve(layer, *, channels: int | None = None, epsilon: float = 1e-5):
   """Reserving (Sec. 4.1): extends a dense conv with one Dirac output channel per input channel.
 
-  The new outputs are the conv's input (sampled at its stride), with zero bias in the deploy form
-  or an identity BN (Eq. 3) in the fine-tuning form. A following ReLU keeps them unchanged when
-  the input is non-negative, as every ResNet block input is.
+  The new outputs are the conv's input (sampled at its stride) — all of it, or its first
+  `channels` channels — with zero bias in the deploy form or an identity BN (Eq. 3) in the
+  fine-tuning form. A following ReLU keeps them unchanged when the input is non-negative, as
+  every ResNet block input is; where it can be negative (MobileNetV2) the activation of these
+  channels must be the identity (PReLU with slope 1).
 
     >>> layer = {"kernel": k, "bias": b}          # k: (3, 3, C, M)
     >>> reserve(layer)["kernel"].shape            # (3, 3, C, M + C)
   """
   kernel = layer["kernel"]
   kh, _, in_features, _ = kernel.shape
-  dirac = dirac_kernel(in_features, kh, dtype=kernel.dtype)
+  channels = in_features if channels is None else channels
+  if not 0 < channels <= in_features:
+    raise ValueError(f"cannot reserve {channels} of a conv's {in_features} input channels")
+  dirac = dirac_kernel(in_features, kh, dtype=kernel.dtype)[..., :channels]
   return _append_outputs(
-    layer, jnp.concatenate([kernel, dirac], axis=-1), in_features, epsilon=epsilon
+    layer, jnp.concatenate([kernel, dirac], axis=-1), channels, epsilon=epsilon
   )
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rmjax.models.plain import ReLU
 from rmjax.models.rmnext import RepVGGStem, RMNeXtBlock
-from rmjax.transforms.convert import Emitted, Options, emit_conv, folded_conv, register_converter
-from rmjax.transforms.dirac import pad_kernel
+from rmjax.transforms.convert import Emitted, Options, emit_conv, register_converter
+from rmjax.transforms.repvgg import reparam_block
 from rmjax.transforms.resnet import EPS, convert_three_conv_block
 
 
@@ -14,15 +14,13 @@ def convert_repvgg_stem(stem: RepVGGStem, variables, options: Options) -> list[E
   """Each 3x3 ConvBN + 1x1 ConvBN pair re-parameterises into one 3x3 conv (RepVGG, Eq. 1).
 
   Both branches are linear before the ReLU, so their BN-folded kernels add (the 1x1 kernel
-  zero-padded to 3x3). Two BNs cannot be kept as one, so the stem is in deploy form (conv with
-  bias) even when `options.keep_bn` is set.
+  zero-padded to 3x3): `repvgg_reparam`, as for RepVGG's blocks. Two BNs cannot be kept as one,
+  so the stem is in deploy form (conv with bias) even when `options.keep_bn` is set.
   """
   del options
   layers = []
   for i, stride in enumerate(stem.strides):
-    k3, b3 = folded_conv(variables, f"conv3x3_{i}", f"bn3x3_{i}", epsilon=EPS)
-    k1, b1 = folded_conv(variables, f"conv1x1_{i}", f"bn1x1_{i}", epsilon=EPS)
-    merged = {"kernel": k3 + pad_kernel(k1, 3), "bias": b3 + b1}
+    merged = reparam_block(variables, suffix=f"_{i}")
     layers += emit_conv(merged, stride=stride, padding=1, epsilon=EPS) + [Emitted(ReLU())]
   return layers
 

@@ -1,0 +1,322 @@
+"""MobileNetV1 (Howard et al. 2017), MobileNetV2 (Sandler et al. 2018), and the paper's
+MobileNetV2 re-designed so that RM + fusion turns it into MobileNetV1 exactly (Sec. 4.4, 5.3).
+
+Blocks (names are the variable paths the converters read):
+  ConvBN              conv k x k + BN + activation: the stem, and MobileNetV2's last 1x1 conv;
+  DepthwiseSeparable  MobileNetV1's depthwise 3x3 + BN + act, pointwise 1x1 + BN + act;
+  InvertedResidual    MobileNetV2's [expand 1x1 + BN + act] -> depthwise 3x3 + BN + act ->
+                      project 1x1 + BN (linear bottleneck) + identity shortcut.
+
+Why the re-design converts to MobileNetV1 (Fig. 6): after RM, a block's projecting 1x1 conv is
+followed by the next block's expanding 1x1 conv with nothing between them, and the two fuse
+into one (Eq. 5). So the plain network is `stem, (depthwise, pointwise) x 13, head` — V1's layer
+sequence — and its widths are V1's when every depthwise conv is, after RM, as wide as V1's:
+`hidden + reserved channels = V1 width`. `mobilenetv2_to_v1` derives those widths from V1's.
+
+  >>> model = mobilenetv2_to_v1(num_classes=10, stem="cifar")
+  >>> plain, plain_vars = rmjax.transforms.rm_convert(model, variables)   # == mobilenetv1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from rmjax.models.resnet import STEMS, BlockNetwork, Head, batch_norm, conv
+
+ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6}
+
+
+def _check_activation(name: str) -> None:
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; expected one of {tuple(ACTIVATIONS)}")
+
+
+def _check_stem(stem: str) -> None:
+  if stem not in STEMS:
+    raise ValueError(f"unknown stem {stem!r}; expected one of {STEMS}")
+
+
+def depthwise(features: int, stride: int, name: str) -> nn.Conv:
+  """A depthwise 3x3 conv: one group per channel."""
+  return conv(features, 3, stride, name, groups=features)
+
+
+class ConvBN(nn.Module):
+  """A k x k conv (padding k // 2) + BN + activation."""
+
+  in_features: int
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  activation: str = "relu"
+
+  @property
+  def out_features(self) -> int:
+    return self.features
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = conv(self.features, self.kernel_size, self.strides, name="conv")(x)
+    return ACTIVATIONS[self.activation](batch_norm(train, "bn")(x))
+
+
+class DepthwiseSeparable(nn.Module):
+  """MobileNetV1's block: depthwise 3x3 (stride here) + BN + act, pointwise 1x1 + BN + act."""
+
+  in_features: int
+  features: int
+  strides: int = 1
+  activation: str = "relu"
+
+  @property
+  def out_features(self) -> int:
+    return self.features
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    act = ACTIVATIONS[self.activation]
+    x = act(
+      batch_norm(train, "depthwise_bn")(depthwise(self.in_features, self.strides, "depthwise")(x))
+    )
+    return act(batch_norm(train, "pointwise_bn")(conv(self.features, 1, name="pointwise")(x)))
+
+
+class InvertedResidual(nn.Module):
+  """MobileNetV2's block with a linear bottleneck.
+
+  `hidden_features == 0` means no expanding conv (the depthwise conv runs on the input, as in
+  the first block of MobileNetV2). The identity shortcut adds the input's first
+  `shortcut_features` channels to the output's; `None` means every channel where the stride is 1
+  and the widths match (Sandler et al.), else none. A partial shortcut is what the paper's
+  re-designed network uses: a wide bottleneck of which only a part is carried across.
+  """
+
+  in_features: int
+  hidden_features: int
+  features: int
+  strides: int = 1
+  shortcut_features: int | None = None
+  activation: str = "relu"
+
+  @property
+  def out_features(self) -> int:
+    return self.features
+
+  @property
+  def shortcut(self) -> int:
+    """How many leading channels the identity shortcut carries (0: no shortcut)."""
+    if self.shortcut_features is None:
+      return self.in_features if self.strides == 1 and self.in_features == self.features else 0
+    return self.shortcut_features
+
+  @property
+  def depthwise_features(self) -> int:
+    return self.hidden_features or self.in_features
+
+  def __post_init__(self):
+    _check_activation(self.activation)
+    if self.shortcut_features is not None and self.shortcut_features:
+      limit = min(self.in_features, self.features)
+      if self.strides != 1 or not 0 < self.shortcut_features <= limit:
+        raise ValueError(
+          f"shortcut_features={self.shortcut_features} needs stride 1 and at most "
+          f"min(in, out) = {limit} channels (block {self.in_features} -> {self.features}, "
+          f"stride {self.strides})"
+        )
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    act = ACTIVATIONS[self.activation]
+    y = x
+    if self.hidden_features:
+      y = act(batch_norm(train, "expand_bn")(conv(self.hidden_features, 1, name="expand")(y)))
+    y = depthwise(self.depthwise_features, self.strides, "depthwise")(y)
+    y = act(batch_norm(train, "depthwise_bn")(y))
+    y = batch_norm(train, "project_bn")(conv(self.features, 1, name="project")(y))
+    s = self.shortcut
+    if s == self.features:
+      return y + x
+    if s:
+      return jnp.concatenate([y[..., :s] + x[..., :s], y[..., s:]], axis=-1)
+    return y
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+  """One InvertedResidual: widths, stride and shortcut (see InvertedResidual)."""
+
+  hidden: int
+  out: int
+  stride: int = 1
+  shortcut: int | None = None
+
+
+class MobileNetV2(BlockNetwork):
+  """Stem ConvBN 3x3 -> InvertedResidual blocks -> ConvBN 1x1 (`last_features`) -> head.
+
+  `stem="cifar"` gives the stem stride 1 (32x32 inputs), `"imagenet"` stride 2. Build the
+  standard network with `mobilenetv2(...)` and the paper's with `mobilenetv2_to_v1(...)`.
+  """
+
+  blocks: Sequence[BlockSpec]
+  stem_features: int = 32
+  last_features: int = 1280
+  num_classes: int = 1000
+  stem: str = "imagenet"
+  activation: str = "relu6"
+
+  def layout(self) -> tuple[nn.Module, ...]:
+    _check_stem(self.stem)
+    _check_activation(self.activation)
+    act = self.activation
+    stride = 1 if self.stem == "cifar" else 2
+    parts: list[nn.Module] = [
+      ConvBN(3, self.stem_features, 3, stride, act, parent=None, name="stem")
+    ]
+    width = self.stem_features
+    for i, b in enumerate(self.blocks):
+      parts.append(
+        InvertedResidual(
+          width, b.hidden, b.out, b.stride, b.shortcut, act, parent=None, name=f"block{i + 1}"
+        )
+      )
+      width = b.out
+    parts.append(ConvBN(width, self.last_features, 1, 1, act, parent=None, name="last"))
+    parts.append(Head(self.num_classes, parent=None, name="head"))
+    return tuple(parts)
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+  """`value` rounded to a multiple of `divisor`, never below it nor 10% below `value` (the
+  rounding of the reference MobileNetV2, which width multipliers go through)."""
+  rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+  return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+# Sandler et al., Table 2: expansion t, output channels c, repeats n, first stride s.
+MOBILENETV2_SETTING = (
+  (1, 16, 1, 1),
+  (6, 24, 2, 2),
+  (6, 32, 3, 2),
+  (6, 64, 4, 2),
+  (6, 96, 3, 1),
+  (6, 160, 3, 2),
+  (6, 320, 1, 1),
+)
+
+
+def mobilenetv2(
+  *,
+  width: float = 1.0,
+  num_classes: int = 1000,
+  stem: str = "imagenet",
+  activation: str = "relu6",
+) -> MobileNetV2:
+  """The standard MobileNetV2 with width multiplier `width` (3.4M parameters at 1.0)."""
+  blocks, in_features = [], make_divisible(32 * width)
+  for t, c, n, s in MOBILENETV2_SETTING:
+    out = make_divisible(c * width)
+    for i in range(n):
+      blocks.append(BlockSpec(0 if t == 1 else in_features * t, out, s if i == 0 else 1))
+      in_features = out
+  return MobileNetV2(
+    tuple(blocks),
+    stem_features=make_divisible(32 * width),
+    last_features=make_divisible(1280 * max(1.0, width)),
+    num_classes=num_classes,
+    stem=stem,
+    activation=activation,
+  )
+
+
+# Howard et al., Table 1: (depthwise width, its stride, pointwise output width) per block.
+MOBILENETV1_BLOCKS = (
+  (32, 1, 64),
+  (64, 2, 128),
+  (128, 1, 128),
+  (128, 2, 256),
+  (256, 1, 256),
+  (256, 2, 512),
+  *[(512, 1, 512)] * 5,
+  (512, 2, 1024),
+  (1024, 1, 1024),
+)
+
+
+def _v1_width(channels: int, width: float) -> int:
+  # Howard et al.'s width multiplier: int(alpha * d), at least 8 channels.
+  return max(8, int(channels * width))
+
+
+def mobilenetv1_blocks(width: float) -> list[tuple[int, int, int]]:
+  """MOBILENETV1_BLOCKS with the width multiplier applied."""
+  return [(_v1_width(d, width), s, _v1_width(p, width)) for d, s, p in MOBILENETV1_BLOCKS]
+
+
+class MobileNetV1(BlockNetwork):
+  """Stem ConvBN 3x3 (32 * width) -> 13 DepthwiseSeparable blocks -> head (Howard et al.)."""
+
+  width: float = 1.0
+  num_classes: int = 1000
+  stem: str = "imagenet"
+  activation: str = "relu6"
+
+  def layout(self) -> tuple[nn.Module, ...]:
+    _check_stem(self.stem)
+    _check_activation(self.activation)
+    act = self.activation
+    features = _v1_width(32, self.width)
+    stride = 1 if self.stem == "cifar" else 2
+    parts: list[nn.Module] = [ConvBN(3, features, 3, stride, act, parent=None, name="stem")]
+    for i, (_, s, out) in enumerate(mobilenetv1_blocks(self.width)):
+      parts.append(DepthwiseSeparable(features, out, s, act, parent=None, name=f"block{i + 1}"))
+      features = out
+    parts.append(Head(self.num_classes, parent=None, name="head"))
+    return tuple(parts)
+
+
+def mobilenetv2_to_v1(
+  *,
+  width: float = 1.0,
+  num_classes: int = 1000,
+  stem: str = "imagenet",
+  activation: str = "relu",
+  bottleneck_multiplier: int = 4,
+) -> MobileNetV2:
+  """The paper's re-designed MobileNetV2 (Sec. 4.4, 5.3): RM + fusion gives MobileNetV1(width).
+
+  Derived from MobileNetV1's widths: block k has V1's k-th depthwise conv and stride. Its
+  identity shortcut carries `c_k` = a quarter of V1's k-th pointwise width, wherever the stride
+  is 1 and `c_{k-1} == c_k` (the stride-1 blocks but the first); the bottleneck between blocks
+  is `bottleneck_multiplier * c_k` wide (only the first `c_k` channels are carried across).
+  After RM the depthwise conv is `hidden + c_{k-1}` wide, so `hidden = V1 width - c_{k-1}`;
+  the projecting 1x1 of block k and the expanding 1x1 of block k+1 fuse into V1's pointwise
+  conv k (Eq. 5); block 13's projection fuses with the last 1x1 conv (V1's pointwise 13).
+
+  A wide bottleneck is what makes the conversion pay off: with `bottleneck_multiplier=1` (a
+  true narrow bottleneck) the fused pointwise convs cost more than the pairs they replace.
+  """
+  if bottleneck_multiplier < 1:
+    raise ValueError(f"bottleneck_multiplier must be >= 1, got {bottleneck_multiplier}")
+  v1 = mobilenetv1_blocks(width)
+  carried = [max(1, pointwise // 4) for _, _, pointwise in v1]
+  blocks = []
+  for k, (dw, stride, _) in enumerate(v1):
+    has_shortcut = k > 0 and stride == 1 and carried[k - 1] == carried[k]
+    shortcut = carried[k] if has_shortcut else 0
+    # Block 1's depthwise conv runs on the stem output directly, as in MobileNetV2.
+    hidden = 0 if k == 0 else dw - shortcut
+    blocks.append(BlockSpec(hidden, carried[k] * bottleneck_multiplier, stride, shortcut))
+  return MobileNetV2(
+    tuple(blocks),
+    stem_features=_v1_width(32, width),
+    last_features=v1[-1][2],
+    num_classes=num_classes,
+    stem=stem,
+    activation=activation,
+  )
