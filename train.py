@@ -60,6 +60,22 @@ def maybe_initialize_distributed() -> None:
     logging.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
+def parse_flags(argv):
+  """absl's parsing, with a one-line error for a `--config.KEY` the config does not have
+  (ml_collections raises AttributeError/KeyError from deep inside the flag parser)."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    key = str(e).strip("\"'")
+    print(
+      f"error: the config has no key {key!r} to override: --config.KEY can only set keys that "
+      "the config file defines (model arguments go under model_kwargs; add new ones to the "
+      "config file first)",
+      file=sys.stderr,
+    )
+    sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -99,4 +115,4 @@ def report(config, result) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -16,5 +16,7 @@ from configs import resnet18_cifar10
 def get_config():
   config = resnet18_cifar10.get_config()
   config.model = "mobilenetv2_to_v1"
+  config.model_kwargs.width = 1.0
+  config.model_kwargs.activation = "relu"
   config.compare_plain = True
   return config

@@ -146,6 +146,15 @@ def test_cli_help_and_bad_config_value(tmp_path):
   assert bad.returncode != 0
   assert "error: unknown dataset 'nope'" in bad.stderr
   assert "Traceback" not in bad.stderr
+  unknown_key = subprocess.run(
+    [sys.executable, "train.py", "--config", "configs/demo.py", "--config.model_kwargs.depth=3"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
+  assert unknown_key.returncode == 2
+  assert "error: the config has no key 'depth' to override" in unknown_key.stderr
+  assert "Traceback" not in unknown_key.stderr
 
 
 def test_trained_model_converts_to_an_equal_plain_network(tmp_path):
