@@ -66,11 +66,17 @@ class Conv:
 
 @dataclasses.dataclass(frozen=True)
 class BatchNorm:
-  """Per-channel affine normalisation; running statistics in `batch_stats`."""
+  """Per-channel affine normalisation; running statistics in `batch_stats`.
+
+  `reserved`: how many trailing channels carry reserved input (RM's fine-tuning form): their BN
+  was made an identity by Eq. 3, and fine-tuning re-estimates their statistics from data
+  (Appendix A.2, `rmjax.finetune`).
+  """
 
   features: int
   epsilon: float = 1e-5
   momentum: float = 0.9
+  reserved: int = 0
 
   def __call__(self, x, *, train: bool, name: str):
     return nn.BatchNorm(
@@ -78,7 +84,8 @@ class BatchNorm:
     )(x)
 
   def __str__(self):
-    return f"BatchNorm({self.features}, eps={self.epsilon:g})"
+    reserved = f", reserved={self.reserved}" if self.reserved else ""
+    return f"BatchNorm({self.features}, eps={self.epsilon:g}{reserved})"
 
 
 @dataclasses.dataclass(frozen=True)

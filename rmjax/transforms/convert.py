@@ -102,7 +102,7 @@ def emit_conv(layer, *, stride: int, padding: int, groups: int = 1, epsilon: flo
   return [
     Emitted(spec, {"kernel": kernel}),
     Emitted(
-      BatchNorm(kernel.shape[3], epsilon),
+      BatchNorm(kernel.shape[3], epsilon, reserved=layer.get("reserved", 0)),
       {"scale": bn["scale"], "bias": bn["bias"]},
       {"mean": bn["mean"], "var": bn["var"]},
     ),
@@ -122,8 +122,10 @@ def _read_conv(emitted: list[Emitted], i: int):
   if spec.use_bias:
     return {"kernel": params["kernel"], "bias": params["bias"]}, spec, 1, 1e-5
   if i + 1 < len(emitted) and isinstance(emitted[i + 1].layer, BatchNorm):
+    bn_spec = emitted[i + 1].layer
     bn = {**emitted[i + 1].params, **emitted[i + 1].batch_stats}
-    return {"kernel": params["kernel"], "bn": bn}, spec, 2, emitted[i + 1].layer.epsilon
+    layer = {"kernel": params["kernel"], "bn": bn, "reserved": bn_spec.reserved}
+    return layer, spec, 2, bn_spec.epsilon
   zeros = jnp.zeros((spec.out_features,), params["kernel"].dtype)
   return {"kernel": params["kernel"], "bias": zeros}, spec, 1, 1e-5
 

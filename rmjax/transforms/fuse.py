@@ -39,5 +39,6 @@ def fuse_pointwise(first, second, *, epsilon: float = 1e-5):
   kernel = jnp.matmul(w1[0, 0], b, precision="highest")[None, None]
   shift = jnp.matmul(b1, b, precision="highest")
   if "bn" in second:
-    return {"kernel": kernel, "bn": {**second["bn"], "mean": second["bn"]["mean"] - shift}}
+    bn = {**second["bn"], "mean": second["bn"]["mean"] - shift}
+    return {**second, "kernel": kernel, "bn": bn}
   return {"kernel": kernel, "bias": shift + second["bias"]}

@@ -31,7 +31,13 @@ def _append_outputs(layer, kernel, num_new: int, *, epsilon: float):
     identity = identity_batchnorm(
       jnp.zeros((num_new,), dtype), jnp.ones((num_new,), dtype), epsilon=epsilon
     )
-    return {"kernel": kernel, "bn": concat_batchnorm(layer["bn"], identity)}
+    # "reserved" counts the trailing identity channels: static structure that the plain
+    # BatchNorm records, so that fine-tuning can re-estimate their statistics (A.2).
+    return {
+      "kernel": kernel,
+      "bn": concat_batchnorm(layer["bn"], identity),
+      "reserved": layer.get("reserved", 0) + num_new,
+    }
   zeros = jnp.zeros((num_new,), layer["bias"].dtype)
   return {"kernel": kernel, "bias": jnp.concatenate([layer["bias"], zeros])}
 

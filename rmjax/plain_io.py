@@ -1,0 +1,174 @@
+"""A plain network on disk: `save_plain(dir, plain, variables)` / `load_plain(dir)`.
+
+A PLAIN directory holds
+  plain.json     the architecture: format version, the layer specs (`PlainNet.layers`, one JSON
+                 object per layer), the input shape, and where it came from (model, checkpoint);
+  variables/     the variables (orbax), restored against shapes derived from plain.json.
+
+So a plain network loads without the config or code of the model it was converted from:
+
+  >>> plain, variables = rmjax.load_plain("workdirs/demo/plain")
+  >>> logits = plain.apply(variables, x)
+
+Writing is atomic: everything goes to a temporary sibling directory that is renamed into place
+only when complete, so an interrupted or failed write leaves no `dir` behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from rmjax.models import plain as plain_layers
+
+FORMAT = "rmjax.plain/1"
+ARCH_FILE = "plain.json"
+VARIABLES_DIR = "variables"
+
+_LAYER_TYPES = {
+  cls.__name__: cls
+  for cls in (
+    plain_layers.Conv,
+    plain_layers.BatchNorm,
+    plain_layers.ReLU,
+    plain_layers.PReLU,
+    plain_layers.MaxPool,
+    plain_layers.GlobalAvgPool,
+    plain_layers.Dense,
+  )
+}
+
+
+class PlainFormatError(ValueError):
+  """A PLAIN directory that is missing, incomplete, or does not hold what plain.json says."""
+
+
+def layers_to_json(layers) -> list[dict[str, Any]]:
+  return [{"type": type(layer).__name__, **dataclasses.asdict(layer)} for layer in layers]
+
+
+def layers_from_json(entries) -> tuple[plain_layers.Layer, ...]:
+  layers = []
+  for i, entry in enumerate(entries):
+    fields = dict(entry)
+    kind = fields.pop("type", None)
+    if kind not in _LAYER_TYPES:
+      raise PlainFormatError(
+        f"layer {i}: unknown type {kind!r}; known: {', '.join(sorted(_LAYER_TYPES))}"
+      )
+    try:
+      layers.append(_LAYER_TYPES[kind](**fields))
+    except TypeError as e:
+      raise PlainFormatError(f"layer {i} ({kind}): {e}") from None
+  return tuple(layers)
+
+
+def save_plain(
+  path: str,
+  plain: plain_layers.PlainNet,
+  variables,
+  *,
+  input_shape: tuple[int, ...],
+  source: dict[str, Any] | None = None,
+  overwrite: bool = False,
+) -> None:
+  """Writes `plain` and its `variables` to the directory `path`, atomically.
+
+  Args:
+    input_shape: one input's shape without the batch axis, e.g. `(32, 32, 3)`.
+    source: JSON-serialisable provenance (model name, checkpoint, step, ...), kept in plain.json.
+    overwrite: replace an existing `path` (only once the new one is complete).
+
+  Raises:
+    FileExistsError: `path` exists and `overwrite` is False.
+    OSError: the parent directory cannot be written.
+  """
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(
+      f"{path} already exists (pass overwrite=True / --overwrite to replace it)"
+    )
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+  try:
+    arch = {
+      "format": FORMAT,
+      "input_shape": list(input_shape),
+      "layers": layers_to_json(plain.layers),
+      "source": source or {},
+    }
+    with open(os.path.join(tmp, ARCH_FILE), "w") as f:
+      json.dump(arch, f, indent=1)
+      f.write("\n")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(tmp, VARIABLES_DIR), jax.device_get(variables))
+    checkpointer.wait_until_finished()
+    if os.path.exists(path):
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+      os.rename(path, os.path.join(old, "x"))
+      os.rename(tmp, path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def read_arch(path: str) -> dict[str, Any]:
+  """The parsed plain.json of a PLAIN directory (checked for format and fields)."""
+  arch_file = os.path.join(path, ARCH_FILE)
+  if not os.path.isdir(path):
+    raise PlainFormatError(f"{path} is not a directory written by convert.py (no such directory)")
+  if not os.path.exists(arch_file):
+    raise PlainFormatError(f"{path} has no {ARCH_FILE}: not a plain network written by convert.py")
+  try:
+    with open(arch_file) as f:
+      arch = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise PlainFormatError(f"{arch_file} cannot be read as JSON: {e}") from None
+  if not isinstance(arch, dict) or arch.get("format") != FORMAT:
+    got = arch.get("format") if isinstance(arch, dict) else type(arch).__name__
+    raise PlainFormatError(f"{arch_file}: format {got!r} is not {FORMAT!r}")
+  for key in ("layers", "input_shape"):
+    if key not in arch:
+      raise PlainFormatError(f"{arch_file} has no {key!r}")
+  return arch
+
+
+def abstract_variables(plain: plain_layers.PlainNet, input_shape):
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  return jax.eval_shape(lambda x: plain.init(jax.random.key(0), x), x)
+
+
+def load_plain(path: str):
+  """`(PlainNet, variables)` from a directory written by `save_plain` / `convert.py`.
+
+  Raises:
+    PlainFormatError (a ValueError): the directory is missing, is not a plain network, or its
+      variables are missing, truncated or do not have the shapes plain.json implies.
+  """
+  path = os.path.abspath(path)
+  arch = read_arch(path)
+  plain = plain_layers.PlainNet(layers_from_json(arch["layers"]))
+  variables_dir = os.path.join(path, VARIABLES_DIR)
+  if not os.path.isdir(variables_dir):
+    raise PlainFormatError(f"{path} has no {VARIABLES_DIR}/ directory: the write was incomplete")
+  target = abstract_variables(plain, tuple(arch["input_shape"]))
+  try:
+    variables = ocp.StandardCheckpointer().restore(variables_dir, target)
+  except Exception as e:  # orbax raises many types for a damaged directory
+    raise PlainFormatError(
+      f"the variables in {variables_dir} cannot be restored for the layers of {ARCH_FILE} "
+      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    ) from None
+  return plain, variables
