@@ -92,7 +92,10 @@ def main(argv):
   except KeyboardInterrupt:
     sys.exit(f"interrupted; checkpoint saved in {workdir}. Run the same command to resume.")
   logging.info("final metrics: %s", result.metrics)
-  if config.compare_plain:
+  if config.compare_plain and config.get("init_from"):
+    # A fine-tuned plain network has no residual connections left to remove.
+    logging.info("compare_plain skipped: the model (config.init_from) is already plain")
+  elif config.compare_plain:
     report(config, result)
 
 

@@ -9,6 +9,14 @@ def get_config():
   # Model: any name of rmjax.models.names(); model_kwargs go to models.create (e.g. stem).
   config.model = "resnet20"
   config.model_kwargs = ml_collections.ConfigDict()
+  # Fine-tuning (Appendix A.2): a PLAIN directory written by `convert.py --keep_bn` (or
+  # rm_convert(..., keep_bn=True) + rmjax.save_plain). Non-empty: the model is that plain
+  # network (model and model_kwargs are ignored) and a fresh run starts from its weights, the
+  # reserved channels' BN statistics re-estimated on init_bn_batches training batches (0: kept
+  # as converted). A deploy-form PLAIN (no BN) also works. Resuming restores the workdir's
+  # checkpoint; the PLAIN must stay in place, its plain.json gives the architecture.
+  config.init_from = ""
+  config.init_bn_batches = 10
   # Data: one of rmjax.data.DATASETS; data_dir defaults to tfds's (~/tensorflow_datasets).
   config.dataset = "fashion_mnist_small"
   config.data_dir = config_dict.placeholder(str)

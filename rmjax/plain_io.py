@@ -99,6 +99,10 @@ def save_plain(
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+  # mkdtemp makes the directory private (0700); the result should have the usual permissions.
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o777 & ~umask)
   try:
     arch = {
       "format": FORMAT,
@@ -163,12 +167,31 @@ def load_plain(path: str):
   variables_dir = os.path.join(path, VARIABLES_DIR)
   if not os.path.isdir(variables_dir):
     raise PlainFormatError(f"{path} has no {VARIABLES_DIR}/ directory: the write was incomplete")
-  target = abstract_variables(plain, tuple(arch["input_shape"]))
+  try:
+    target = abstract_variables(plain, tuple(arch["input_shape"]))
+  except Exception as e:  # flax asserts on inconsistent widths
+    raise PlainFormatError(
+      f"the layers of {os.path.join(path, ARCH_FILE)} do not fit together on inputs of shape "
+      f"{tuple(arch['input_shape'])} ({type(e).__name__}: {_first_line(e)})"
+    ) from None
+  problem = None
   try:
     variables = ocp.StandardCheckpointer().restore(variables_dir, target)
   except Exception as e:  # orbax raises many types for a damaged directory
+    problem = f"{type(e).__name__}: {_first_line(e)}"
+  else:
+    want = jax.tree.map(lambda a: tuple(a.shape), target)
+    got = jax.tree.map(lambda a: tuple(jnp.shape(a)), variables)
+    if want != got:
+      problem = "their shapes differ from what the layers need"
+  if problem:
     raise PlainFormatError(
       f"the variables in {variables_dir} cannot be restored for the layers of {ARCH_FILE} "
-      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    ) from None
+      f"({problem})"
+    )
   return plain, variables
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else "no message"

@@ -30,7 +30,8 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rmjax import checkpoint, data, models, summary
+from rmjax import checkpoint, data, finetune, models, plain_io, summary
+from rmjax.models.plain import BatchNorm, PlainNet
 
 
 class TrainingDivergedError(RuntimeError):
@@ -47,11 +48,68 @@ class TrainState:
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The config's model; `config.model_kwargs` are passed on (e.g. `stem`)."""
+  """The config's model; `config.model_kwargs` are passed on (e.g. `stem`).
+
+  With `config.init_from` (a PLAIN directory), the `PlainNet` of its plain.json instead:
+  `config.model` and `config.model_kwargs` are then ignored.
+  """
+  if config.get("init_from"):
+    return plain_architecture(config.init_from)[0]
   kwargs = dict(config.get("model_kwargs", {}) or {})
   # A config read back from JSON has lists; architectures are hashable (static under jit).
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   return models.create(config.model, num_classes=num_classes, **kwargs)
+
+
+def plain_architecture(path: str) -> tuple[PlainNet, tuple[int, ...]]:
+  """The `PlainNet` and input shape that a PLAIN directory's plain.json records (no weights read).
+
+  Raises:
+    PlainFormatError (a ValueError): `path` is missing or not a PLAIN directory.
+  """
+  try:
+    arch = plain_io.read_arch(path)
+    plain = PlainNet(plain_io.layers_from_json(arch["layers"]))
+  except plain_io.PlainFormatError as e:
+    raise plain_io.PlainFormatError(f"config.init_from: {e}") from None
+  return plain, tuple(arch["input_shape"])
+
+
+def check_init_from(config, input_shape: tuple[int, ...], num_classes: int) -> None:
+  """Raises ValueError where `config.init_from` cannot be fine-tuned on the config's dataset."""
+  plain, plain_shape = plain_architecture(config.init_from)
+  if plain_shape != tuple(input_shape):
+    raise ValueError(
+      f"config.init_from: {config.init_from} takes inputs of shape {plain_shape}, but "
+      f"{config.dataset} images are {tuple(input_shape)}: fine-tune it on data of its own shape"
+    )
+  x = jax.ShapeDtypeStruct((1, *plain_shape), jnp.float32)
+  logits = jax.eval_shape(plain.init_with_output, jax.random.key(0), x)[0]
+  if logits.shape[-1] != num_classes:
+    raise ValueError(
+      f"config.init_from: {config.init_from} has {logits.shape[-1]} outputs, but "
+      f"{config.dataset} has {num_classes} classes"
+    )
+
+
+def _check_resume_source(config, workdir: str) -> None:
+  """Resuming restores into the model this run builds: refuse a workdir whose checkpoints were
+  written by a run with another `init_from` (a different model) with a one-line error."""
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      previous = json.load(f).get("init_from") or ""
+  except (OSError, ValueError):
+    return
+  now = config.get("init_from") or ""
+
+  def norm(path):
+    return os.path.abspath(path) if path else ""
+
+  if norm(previous) != norm(now):
+    raise ValueError(
+      f"{workdir} holds checkpoints of a run with config.init_from={previous!r}, not "
+      f"{now!r}: resume with the same init_from, or use a new --workdir"
+    )
 
 
 def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int):
@@ -85,9 +143,11 @@ def create_optimizer(config, schedule):
   )
 
 
-def init_state(model, tx, rng, input_shape) -> TrainState:
+def init_state(model, tx, rng, input_shape, variables=None) -> TrainState:
+  """A step-0 state: `model.init`'s variables, or the given `variables` (`config.init_from`)."""
   init_rng, state_rng = jax.random.split(rng)
-  variables = model.init(init_rng, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+  if variables is None:
+    variables = model.init(init_rng, jnp.zeros((1, *input_shape), jnp.float32), train=False)
   params = variables["params"]
   return TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -110,7 +170,8 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, num_classes, la
     )
     targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), label_smoothing)
     loss = optax.softmax_cross_entropy(logits, targets).mean()
-    return loss, (logits, updates["batch_stats"])
+    # A deploy-form plain network (`init_from`) has no BatchNorm and so no batch_stats.
+    return loss, (logits, updates.get("batch_stats", {}))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -229,6 +290,54 @@ def _check_finite(step: int, metrics: dict[str, float], last_saved: int | None) 
   )
 
 
+def plain_variables(config, plain: PlainNet, mesh: Mesh, local_batch: int):
+  """The variables of `config.init_from`, replicated over `mesh`, with the reserved channels'
+  BN statistics re-estimated on the first `config.init_bn_batches` training batches (A.2)."""
+  try:
+    _, variables = plain_io.load_plain(config.init_from)
+  except plain_io.PlainFormatError as e:
+    raise plain_io.PlainFormatError(f"config.init_from: {e}") from None
+  # Every process loads the same file; as global replicated arrays they sit on the mesh that
+  # the (sharded) batches of the re-estimation use.
+  variables = jax.tree.map(
+    lambda x: jax.make_array_from_process_local_data(mesh.replicated, np.asarray(x)), variables
+  )
+  num_batches = config.get("init_bn_batches", 10)
+  if not any(isinstance(layer, BatchNorm) for layer in plain.layers):
+    logging.warning(
+      "config.init_from: %s has no BatchNorm (deploy form), so no statistics to re-estimate; "
+      "Appendix A.2 finds fine-tuning the BN form (convert with --keep_bn) works better",
+      config.init_from,
+    )
+  elif not finetune.reserved_batchnorms(plain):
+    logging.info(
+      "config.init_from: %s has no reserved BN channels to re-estimate", config.init_from
+    )
+  elif num_batches > 0:
+    batches = data.train_batches(
+      config.dataset,
+      batch_size=local_batch,
+      seed=config.seed,
+      image_size=config.get("image_size"),
+      data_dir=config.get("data_dir"),
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      augment=config.get("augment", True),
+    )
+    images = (mesh.global_batch({"image": b["image"]})["image"] for b in batches)
+    start = time.perf_counter()
+    variables = finetune.reestimate_reserved_batchnorm(
+      plain, variables, images, num_batches=num_batches, out_shardings=mesh.replicated
+    )
+    logging.info(
+      "re-estimated the reserved BN statistics of %s on %d batches (%.1f s)",
+      config.init_from,
+      num_batches,
+      time.perf_counter() - start,
+    )
+  return variables
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
   model: Any
@@ -239,14 +348,25 @@ class TrainResult:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devices=None):
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns a TrainResult.
 
+  With `config.init_from` (a PLAIN directory) the model is that plain network, fine-tuned
+  (Appendix A.2): a fresh run starts from its variables, with the reserved channels' BN
+  statistics re-estimated on `config.init_bn_batches` training batches, and evaluates it once
+  before the first step (`init_eval_*` in the metrics); a resumed run starts from the workdir's
+  checkpoint.
+
   Raises:
-    ValueError: unknown model/dataset or a bad config value (the message says which).
+    ValueError: unknown model/dataset, a bad config value, or an `init_from` that is missing,
+      damaged or does not fit the dataset (the message says which).
     TrainingDivergedError: the loss became NaN/inf (the message names the step).
     KeyboardInterrupt: after saving a checkpoint of the current step.
   """
   info = data.dataset_info(config.dataset, config.get("data_dir"))
-  model = create_model(config, info.num_classes)
   image_size = config.get("image_size") or info.image_size
+  input_shape = (image_size, image_size, info.channels)
+  init_from = config.get("init_from") or ""
+  if init_from:
+    check_init_from(config, input_shape, info.num_classes)
+  model = create_model(config, info.num_classes)
   process_count, process_index = jax.process_count(), jax.process_index()
   if config.batch_size % process_count:
     raise ValueError(
@@ -264,14 +384,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
   schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
   tx = create_optimizer(config, schedule)
 
-  input_shape = (image_size, image_size, info.channels)
   init = jax.jit(
     functools.partial(init_state, model, tx, input_shape=input_shape),
     out_shardings=mesh.replicated,
   )
-  state = init(jax.random.key(config.seed))
+  local_batch = config.batch_size // process_count
   mngr = checkpoint.manager(workdir, max_to_keep=config.get("keep_checkpoints", 3))
   last_saved = mngr.latest_step()
+  if last_saved is not None:
+    _check_resume_source(config, workdir)
+  fine_tune_start = bool(init_from) and last_saved is None
+  if fine_tune_start:
+    variables = plain_variables(config, model, mesh, local_batch)
+    state = init(jax.random.key(config.seed), variables=variables)
+  else:
+    state = init(jax.random.key(config.seed))
   if last_saved is not None:
     abstract = checkpoint.abstract_like(state, jax.tree.map(lambda _: mesh.replicated, state))
     state = checkpoint.restore(mngr, abstract, last_saved)
@@ -281,9 +408,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
   writer = summary.MetricWriter(workdir, enabled=process_index == 0)
   if process_index == 0:
     os.makedirs(workdir, exist_ok=True)
-    # convert.py reads the architecture from here.
+    # convert.py reads the architecture from here; init_from is made absolute so that the
+    # workdir's config names the same PLAIN from any directory.
+    saved = config.copy_and_resolve_references()
+    if init_from:
+      saved.init_from = os.path.abspath(init_from)
     with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+      f.write(saved.to_json_best_effort(indent=2))
 
   step_fn = jax.jit(
     functools.partial(
@@ -298,7 +429,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
     out_shardings=(mesh.replicated, mesh.replicated),
     donate_argnums=0,
   )
-  local_batch = config.batch_size // process_count
   batches = data.train_batches(
     config.dataset,
     batch_size=local_batch,
@@ -321,9 +451,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
   ckpt_every = config.get("checkpoint_every_steps", 1000)
   eval_every = max(int(config.get("eval_every_epochs", 1) * steps_per_epoch), 1)
   progress = summary.Progress(total_steps, start_step, config.batch_size)
+  initial_eval: dict[str, float] = {}
+  if fine_tune_start:
+    # The converted network's accuracy, which fine-tuning starts from (the pre-trained
+    # model's, as RM is exact): step 0 of the eval curves.
+    initial_eval = run_eval(state)
+    writer.write_scalars(0, {f"eval/{k}": v for k, v in initial_eval.items()})
+    logging.info(
+      "eval before fine-tuning %s: top-1 %.4f, top-5 %.4f, loss %.4f",
+      init_from,
+      initial_eval["top1"],
+      initial_eval["top5"],
+      initial_eval["loss"],
+    )
   logging.info(
     "training %s on %s: %d steps (%d per epoch), global batch %d on %d devices, %d processes",
-    config.model,
+    f"PlainNet of {init_from}" if init_from else config.model,
     config.dataset,
     total_steps,
     steps_per_epoch,
@@ -383,6 +526,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
     "epochs": step / steps_per_epoch,
     "train_seconds_this_run": time.perf_counter() - start_time,
     **{f"eval_{k}": v for k, v in eval_metrics.items()},
+    **{f"init_eval_{k}": v for k, v in initial_eval.items()},
   }
   writer.write_json("metrics.json", results)
   writer.close()
