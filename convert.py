@@ -10,8 +10,8 @@ batch); the conversion is refused when max |logit difference| > tolerance x max(
 The write is atomic: a failed or interrupted conversion leaves no PLAIN behind.
 
   python convert.py workdirs/demo workdirs/demo/plain
-  python convert.py workdirs/demo/checkpoints/312 /tmp/plain --keep_bn \
-    --eval_dataset=fashion_mnist_small
+  python convert.py workdirs/demo/checkpoints/STEP /tmp/plain --keep_bn
+  python convert.py workdirs/demo /tmp/plain --eval_dataset=fashion_mnist_small --overwrite
 """
 
 import os

@@ -76,9 +76,10 @@ def reserved_batchnorms(plain: PlainNet) -> dict[int, BatchNorm]:
 
 
 def _batch_moments_fn(plain: PlainNet, reserved: dict[int, int]):
-  """A jittable `(variables, images) -> {i: (mean, m2)}`: per-channel mean and sum of squared
-  deviations of the reserved channels of the input of every BatchNorm `layers_{i}` in
-  `reserved` (`{i: number of reserved channels}`), over the batch and all pixels."""
+  """A jittable `(variables, images) -> {i: (count, mean, m2)}`: the number of values per
+  channel, per-channel mean and sum of squared deviations of the reserved channels of the input
+  of every BatchNorm `layers_{i}` in `reserved` (`{i: number of reserved channels}`), over the
+  batch and all pixels (fewer after a strided layer)."""
 
   def moments(variables, images):
     found = {}
@@ -93,7 +94,7 @@ def _batch_moments_fn(plain: PlainNet, reserved: dict[int, int]):
           x = args[0][..., -reserved[i] :].astype(jnp.float32)
           x = x.reshape(-1, x.shape[-1])
           mean = jnp.mean(x, axis=0)
-          found[i] = (mean, jnp.sum(jnp.square(x - mean), axis=0))
+          found[i] = (x.shape[0], mean, jnp.sum(jnp.square(x - mean), axis=0))
       return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):
@@ -159,29 +160,26 @@ def reestimate_reserved_batchnorm(
   )
   # Batches are combined on the host in float64 (Chan et al.'s parallel update), so the
   # estimate does not drift however many pixels it sums.
-  count = 0
-  totals: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+  totals: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
   for images in _images(batches, num_batches):
-    found = jax.device_get(moments(variables, images))
-    n = int(np.prod(images.shape[:-1]))
-    for i, (mean_b, m2_b) in found.items():
-      mean_b, m2_b = np.asarray(mean_b, np.float64), np.asarray(m2_b, np.float64)
-      if i not in totals:
-        totals[i] = (mean_b, m2_b)
-        continue
-      mean_a, m2_a = totals[i]
-      delta = mean_b - mean_a
+    for i, (n, mean_b, m2_b) in jax.device_get(moments(variables, images)).items():
+      n, mean_b, m2_b = int(n), np.asarray(mean_b, np.float64), np.asarray(m2_b, np.float64)
+      count, mean_a, m2_a = totals.get(i, (0, 0.0, 0.0))
       total = count + n
-      totals[i] = (mean_a + delta * (n / total), m2_a + m2_b + delta**2 * (count * n / total))
-    count += n
-  if not count:
+      delta = mean_b - mean_a
+      totals[i] = (
+        total,
+        mean_a + delta * (n / total),
+        m2_a + m2_b + delta**2 * (count * n / total),
+      )
+  if not totals:
     raise ValueError("reestimate_reserved_batchnorm: the batches yielded no images")
 
   params = dict(variables["params"])
   stats = dict(variables["batch_stats"])
   for i, layer in targets.items():
     name = f"layers_{i}"
-    mean, m2 = totals[i]
+    count, mean, m2 = totals[i]
     bn = {**params[name], **stats[name]}
     new = replace_reserved_statistics(
       bn, mean, m2 / count, reserved=layer.reserved, epsilon=layer.epsilon
