@@ -21,6 +21,8 @@ Building blocks, by the paper's steps:
   fuse_consecutive_pointwise   the same over a whole plain layer sequence (rm_convert's last step)
   repvgg_reparam      a RepVGG block's 3x3, 1x1 and identity branches -> one 3x3 conv (Eq. 1)
   rm_convert          the whole network, one registered converter per block type
+  prune               network slimming of a keep_bn plain network: drop channels whose |BN scale|
+                      is below a threshold (Sec. 4.2, Fig. 4); not jittable (values pick shapes)
 """
 
 # Importing the converter modules registers them.
@@ -40,6 +42,7 @@ from rmjax.transforms.convert import (
 )
 from rmjax.transforms.dirac import dirac_kernel, grouped_to_dense, pad_kernel
 from rmjax.transforms.fuse import fuse_pointwise
+from rmjax.transforms.prune import prune
 from rmjax.transforms.repvgg import repvgg_reparam
 from rmjax.transforms.rm import merge, reserve, reserve_grouped
 
@@ -56,6 +59,7 @@ __all__ = [
   "identity_batchnorm",
   "merge",
   "pad_kernel",
+  "prune",
   "register_converter",
   "repvgg_reparam",
   "reserve",

@@ -1,0 +1,291 @@
+"""Network slimming on a plain network (Sec. 4.2, Fig. 4, Sec. 5.1; Liu et al. 2017).
+
+RM removes the residual connections that tie the widths of a ResNet's layers together, so every
+conv of the plain network can lose output channels independently. The paper trains with an L1
+penalty on the BN scales, converts to the fine-tuning form (`rm_convert(..., keep_bn=True)`:
+conv without bias + BN) and removes the channels whose |BN scale| is below a threshold
+("identical to vanilla Network slimming", Sec. 4.2):
+
+  >>> plain, plain_vars = rm_convert(model, variables, keep_bn=True)
+  >>> pruned, pruned_vars, report = prune(plain, plain_vars, threshold=5e-3)
+  >>> report["params_before"], report["params_after"]
+
+A channel is followed from the dense conv (groups 1) that produces it to the layer that consumes
+it: through its BN and activation, pooling, and any depthwise convs (MobileNet), whose channel c
+is a function of channel c alone. All of those lose the channel together; the consumer (the next
+dense conv, or the Dense after GlobalAvgPool) loses the matching input channel.
+
+Unlike the rest of `rmjax.transforms`, the architecture that comes out depends on array values
+(the BN scales), so `prune` reads them on the host and cannot run under `jax.jit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rmjax.models.plain import (
+  BatchNorm,
+  Conv,
+  Dense,
+  GlobalAvgPool,
+  MaxPool,
+  PlainNet,
+  PReLU,
+  ReLU,
+)
+from rmjax.testing import count_params
+
+
+def _depthwise(layer) -> bool:
+  """Channel c of the output depends on channel c of the input only."""
+  return (
+    isinstance(layer, Conv)
+    and layer.groups > 1
+    and layer.groups == layer.in_features == layer.out_features
+  )
+
+
+def _dense_conv(layer) -> bool:
+  return isinstance(layer, Conv) and layer.groups == 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Group:
+  """The channels a dense conv produces, followed to the layer that consumes them.
+
+  `members`: the layers after `source` whose channel axis is these channels (BNs, PReLUs,
+  depthwise convs); `consumer`: the Conv or Dense that reads them as input channels."""
+
+  source: int
+  members: tuple[int, ...]
+  consumer: int
+
+
+def _follow(layers, source: int) -> _Group | str:
+  """The group of the dense conv `layers[source]`, or why its outputs cannot be pruned."""
+  if source + 1 >= len(layers) or not isinstance(layers[source + 1], BatchNorm):
+    # RepVGG-style blocks are re-parameterised into one biased conv even in the keep_bn form.
+    return "no BatchNorm after it (a BN folded into its bias): no scale to rank channels by"
+  members = []
+  for j in range(source + 1, len(layers)):
+    layer = layers[j]
+    if isinstance(layer, BatchNorm | PReLU) or _depthwise(layer):
+      members.append(j)
+    elif isinstance(layer, ReLU | MaxPool | GlobalAvgPool):
+      continue  # per-channel (or per-channel spatial) operations: channels pass through
+    elif isinstance(layer, Dense) or _dense_conv(layer):
+      return _Group(source, tuple(members), j)
+    else:
+      return (
+        f"feeds the grouped conv {j} (groups={layer.groups}): removing some of its input "
+        "channels would leave groups of unequal size"
+      )
+  return "its outputs are the network's outputs"
+
+
+def _check(plain: PlainNet, variables) -> None:
+  """ValueError for a deploy-form network or variables that do not fit the layers."""
+  layers = plain.layers
+  if not any(
+    isinstance(a, Conv) and isinstance(b, BatchNorm)
+    for a, b in zip(layers, layers[1:], strict=False)
+  ):
+    raise ValueError(
+      "prune needs the fine-tuning form, where each conv is followed by a BatchNorm whose "
+      "scales rank its channels (network slimming, Sec. 4.2); this network has no Conv + "
+      "BatchNorm pair (deploy form: BN folded into conv biases). Convert with "
+      "rm_convert(..., keep_bn=True) (convert.py --keep_bn)."
+    )
+  params, stats = variables.get("params", {}), variables.get("batch_stats", {})
+  problems = []
+  for i, layer in enumerate(layers):
+    want = {}
+    if isinstance(layer, Conv):
+      k = layer.kernel_size
+      want["params", "kernel"] = (k, k, layer.in_features // layer.groups, layer.out_features)
+      if layer.use_bias:
+        want["params", "bias"] = (layer.out_features,)
+    elif isinstance(layer, BatchNorm):
+      for collection, names in (("params", ("scale", "bias")), ("batch_stats", ("mean", "var"))):
+        want.update({(collection, n): (layer.features,) for n in names})
+    elif isinstance(layer, PReLU):
+      want["params", "slope"] = (layer.features,)
+    elif isinstance(layer, Dense):
+      want["params", "kernel"] = (layer.in_features, layer.out_features)
+      want["params", "bias"] = (layer.out_features,)
+    for (collection, name), shape in want.items():
+      entry = (params if collection == "params" else stats).get(f"layers_{i}", {})
+      got = tuple(np.shape(entry[name])) if name in entry else None
+      if got != shape:
+        where = f"{collection}/layers_{i}/{name}"
+        problems.append(f"missing {where}" if got is None else f"{where} is {got}, not {shape}")
+  if problems:
+    raise ValueError(f"variables do not match the layers: {'; '.join(problems[:8])}")
+
+
+def _scales(variables, i: int) -> np.ndarray:
+  scale = variables["params"][f"layers_{i}"]["scale"]
+  try:
+    return np.abs(np.asarray(scale, np.float64))
+  except jax.errors.TracerArrayConversionError:
+    raise ValueError(
+      "prune chooses the architecture from the BN scales' values, so it cannot run under "
+      "jax.jit; call it on concrete arrays"
+    ) from None
+
+
+def prune(plain: PlainNet, variables, threshold: float):
+  """Network slimming (Sec. 4.2): removes every channel whose |BN scale| is below `threshold`.
+
+  `plain` must be the fine-tuning form (`rm_convert(model, variables, keep_bn=True)`): a dense
+  conv (groups 1) followed by a BatchNorm has its channels ranked by that BN's |scale|. A
+  channel that then passes through depthwise convs (MobileNet) is one channel of all of them,
+  removed as a whole; its importance is the smallest |scale| among the BNs on its way, as any
+  one of them near zero silences it. Removing channel c takes it out of the conv's kernel, the
+  BNs (scale, bias, mean, var), PReLU slopes and depthwise kernels on the way, and the input
+  axis of the consumer: the next dense conv's kernel, or the Dense row after GlobalAvgPool.
+  `BatchNorm.reserved`, `PReLU.clipped` (which count trailing and leading channels) and the
+  depthwise convs' `groups` shrink with the channels they lose.
+
+  Not pruned, and listed in `report["skipped"]` with the reason: convs without a BN after them
+  (a re-parameterised RepVGG stem keeps only a bias), grouped convs (1 < groups, not
+  depthwise) and the convs that feed them, since removing channels would leave groups of
+  unequal size; and a conv whose outputs are the network's outputs.
+
+  A layer never loses all its channels: where every channel is below the threshold, the one
+  with the largest |scale| (in a depthwise chain: the largest smallest |scale|) stays, so the
+  network still computes something from its input.
+
+  Exactness: a removed channel's constant output (its BN bias through the activation) is
+  dropped, as network slimming does. Where that constant is 0 at the consumer — scale 0 and
+  bias 0, or scale 0 and bias <= 0 before a ReLU, in the last BN on the channel's way — the
+  pruned network computes exactly the same function. `threshold=0` changes nothing.
+
+  Args:
+    plain: a PlainNet in the fine-tuning form.
+    variables: its `{"params", "batch_stats"}`; never modified. Unchanged arrays are shared.
+    threshold: channels with |scale| < threshold go; >= 0 (the paper uses 5e-4 to 5e-3).
+
+  Returns:
+    `(pruned_plain, pruned_variables, report)`. `report` is a JSON-serialisable dict: the
+    threshold; `layers`, one entry per prunable conv, also those that keep every channel
+    (`layer`, its `bn`, `depthwise` convs, `consumer`, `channels_before`, `channels_after`,
+    `removed` channel indices); `skipped`, `{"layer", "reason"}` per conv not pruned;
+    `params_before`, `params_after`.
+
+  Raises:
+    ValueError: a negative threshold, a deploy-form network (convert with keep_bn=True), or
+      variables that do not fit the layers.
+
+  Example:
+    >>> pruned, pruned_vars, report = prune(plain, plain_vars, threshold=1e-3)
+    >>> [(e["layer"], e["channels_before"], e["channels_after"]) for e in report["layers"]]
+    [(0, 16, 11), (3, 32, 20), ...]
+  """
+  if not threshold >= 0:  # also refuses NaN
+    raise ValueError(f"threshold must be >= 0, got {threshold}")
+  _check(plain, variables)
+  layers = plain.layers
+  out_keep: dict[int, np.ndarray] = {}  # layer -> kept output (= channel-axis) indices
+  in_keep: dict[int, np.ndarray] = {}  # consumer -> kept input indices
+  entries, skipped = [], []
+  for i, layer in enumerate(layers):
+    if not isinstance(layer, Conv) or _depthwise(layer):
+      continue  # depthwise convs are pruned with the dense conv whose channels they carry
+    if layer.groups > 1:
+      reason = f"grouped conv (groups={layer.groups}): removing outputs would unbalance groups"
+      skipped.append({"layer": i, "reason": reason})
+      continue
+    group = _follow(layers, i)
+    if isinstance(group, str):
+      skipped.append({"layer": i, "reason": group})
+      continue
+    bns = [j for j in group.members if isinstance(layers[j], BatchNorm)]
+    score = np.min([_scales(variables, j) for j in bns], axis=0)
+    keep = np.flatnonzero(~(score < threshold))  # NaN scales are kept, as at threshold 0
+    if keep.size == 0:
+      keep = np.array([int(np.argmax(score))])
+    n = layer.out_features
+    entries.append(
+      {
+        "layer": i,
+        "bn": bns[0],
+        "depthwise": [j for j in group.members if _depthwise(layers[j])],
+        "consumer": group.consumer,
+        "channels_before": n,
+        "channels_after": int(keep.size),
+        "removed": [int(c) for c in np.setdiff1d(np.arange(n), keep)],
+      }
+    )
+    if keep.size < n:
+      for j in (i, *group.members):
+        out_keep[j] = keep
+      in_keep[group.consumer] = keep
+  new_layers, params, stats = _apply(plain, variables, out_keep, in_keep)
+  pruned_vars = {**variables, "params": params}
+  if "batch_stats" in variables:
+    pruned_vars["batch_stats"] = stats
+  report = {
+    "threshold": float(threshold),
+    "layers": entries,
+    "skipped": skipped,
+    "params_before": count_params(variables["params"]),
+    "params_after": count_params(params),
+  }
+  return PlainNet(new_layers), pruned_vars, report
+
+
+def _take(a, indices, axis=0):
+  # On the host: the indices are concrete anyway, and jnp.take would compile one XLA program
+  # per shape, seconds for a deep network on CPU.
+  return jnp.asarray(np.take(np.asarray(a), indices, axis=axis))
+
+
+def _apply(plain: PlainNet, variables, out_keep, in_keep):
+  """New layer specs and variables with the kept channels; untouched layers share arrays."""
+  params = dict(variables["params"])
+  stats = dict(variables.get("batch_stats", {}))
+  new_layers = []
+  for i, layer in enumerate(plain.layers):
+    name = f"layers_{i}"
+    out, inp = out_keep.get(i), in_keep.get(i)
+    if out is None and inp is None:
+      new_layers.append(layer)
+      continue
+    p = dict(params[name])
+    if isinstance(layer, Conv):
+      if inp is not None:
+        p["kernel"] = _take(p["kernel"], inp, axis=2)
+        layer = dataclasses.replace(layer, in_features=int(inp.size))
+      if out is not None:
+        p["kernel"] = _take(p["kernel"], out, axis=3)
+        if layer.use_bias:
+          p["bias"] = _take(p["bias"], out)
+        width = int(out.size)
+        if _depthwise(layer):
+          layer = dataclasses.replace(layer, in_features=width, groups=width)
+        layer = dataclasses.replace(layer, out_features=width)
+    elif isinstance(layer, BatchNorm):
+      p = {k: _take(v, out) for k, v in p.items()}
+      stats[name] = {k: _take(v, out) for k, v in stats[name].items()}
+      # Reserved channels are the trailing ones (Eq. 3): count the survivors among them.
+      reserved = int(np.sum(out >= layer.features - layer.reserved))
+      layer = dataclasses.replace(layer, features=int(out.size), reserved=reserved)
+    elif isinstance(layer, PReLU):
+      p["slope"] = _take(p["slope"], out)
+      # Clipped (ReLU6) channels are the leading ones: count the survivors among them.
+      clipped = int(np.sum(out < layer.clipped))
+      layer = dataclasses.replace(layer, features=int(out.size), clipped=clipped)
+    elif isinstance(layer, Dense):
+      p["kernel"] = _take(p["kernel"], inp, axis=0)
+      layer = dataclasses.replace(layer, in_features=int(inp.size))
+    params[name] = p
+    new_layers.append(layer)
+  return tuple(new_layers), params, stats
+
+
+__all__ = ["prune"]
