@@ -394,15 +394,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
   if last_saved is not None:
     _check_resume_source(config, workdir)
   fine_tune_start = bool(init_from) and last_saved is None
-  if fine_tune_start:
-    variables = plain_variables(config, model, mesh, local_batch)
-    state = init(jax.random.key(config.seed), variables=variables)
-  else:
-    state = init(jax.random.key(config.seed))
+  rng = jax.random.key(config.seed)
   if last_saved is not None:
-    abstract = checkpoint.abstract_like(state, jax.tree.map(lambda _: mesh.replicated, state))
+    # Shapes only: the checkpoint replaces every value, so nothing is initialised (compiling
+    # `model.init` can take longer than the restore).
+    shapes = jax.eval_shape(init, rng)
+    abstract = checkpoint.abstract_like(shapes, jax.tree.map(lambda _: mesh.replicated, shapes))
     state = checkpoint.restore(mngr, abstract, last_saved)
     logging.info("resumed from %s at step %d", mngr.directory, last_saved)
+  elif fine_tune_start:
+    state = init(rng, variables=plain_variables(config, model, mesh, local_batch))
+  else:
+    state = init(rng)
   start_step = int(state.step)
 
   writer = summary.MetricWriter(workdir, enabled=process_index == 0)
