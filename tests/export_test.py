@@ -225,3 +225,26 @@ def test_cli_errors_are_one_paragraph(tmp_path):
     [sys.executable, "convert.py", "only_one"], cwd=ROOT, capture_output=True, text=True
   )
   assert usage.returncode == 2 and "usage: python convert.py CKPT PLAIN" in usage.stderr
+
+
+def test_fine_tuned_run_converts_to_the_deploy_form(run_dir, tmp_path):
+  """Fig. 4's pipeline end: convert (keep_bn) -> fine-tune from PLAIN -> convert again, which
+  folds the fine-tuned network's BNs."""
+  run = export.load_run(run_dir)
+  export.export_plain(run, str(tmp_path / "plain_bn"), keep_bn=True)
+  config = tiny_config(num_train_steps=2, init_from=str(tmp_path / "plain_bn"), init_bn_batches=1)
+  train.train_and_evaluate(config, str(tmp_path / "finetuned"))
+  tuned = export.load_run(str(tmp_path / "finetuned"))
+  assert isinstance(tuned.model, rmjax.models.PlainNet)
+  report = export.export_plain(tuned, str(tmp_path / "deploy"))
+  deployed, deployed_vars = rmjax.load_plain(str(tmp_path / "deploy"))
+  assert not any(isinstance(layer, rmjax.models.BatchNorm) for layer in deployed.layers)
+  assert len(deployed.layers) < len(tuned.model.layers)
+  x = jax.random.normal(jax.random.key(4), (4, *run.input_shape))
+  chex.assert_trees_all_close(
+    eval_logits(deployed, deployed_vars, x),
+    eval_logits(tuned.model, tuned.variables, x),
+    atol=1e-4,
+    rtol=0,
+  )
+  assert report["checks"]["random"]["top1_agreement"] == 1.0

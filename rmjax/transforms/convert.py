@@ -156,6 +156,36 @@ def fuse_consecutive_pointwise(emitted: list[Emitted]) -> list[Emitted]:
   return out
 
 
+def fold_plain_batchnorm(emitted: list[Emitted]) -> list[Emitted]:
+  """The deploy form of a plain layer sequence: every BatchNorm right after a Conv is folded
+  into it (conv with bias). Other layers are kept as they are."""
+  out, i = [], 0
+  while i < len(emitted):
+    spec = emitted[i].layer
+    nxt = emitted[i + 1].layer if i + 1 < len(emitted) else None
+    if not (isinstance(spec, Conv) and isinstance(nxt, BatchNorm)):
+      out.append(emitted[i])
+      i += 1
+      continue
+    bn = {**emitted[i + 1].params, **emitted[i + 1].batch_stats}
+    params = emitted[i].params
+    kernel, bias = fold_batchnorm(
+      params["kernel"], bn, epsilon=nxt.epsilon, bias=params.get("bias")
+    )
+    layer = {"kernel": kernel, "bias": bias}
+    out += emit_conv(layer, stride=spec.stride, padding=spec.padding, groups=spec.groups)
+    i += 2
+  return out
+
+
+def _plain_emitted(plain: PlainNet, variables) -> list[Emitted]:
+  stats = variables.get("batch_stats", {})
+  return [
+    Emitted(layer, variables["params"].get(f"layers_{i}"), stats.get(f"layers_{i}"))
+    for i, layer in enumerate(plain.layers)
+  ]
+
+
 # --- validation -----------------------------------------------------------------------------
 
 
@@ -167,9 +197,12 @@ def _expected_shapes(model: nn.Module, in_channels: int) -> dict[str, jax.ShapeD
   return traverse_util.flatten_dict(abstract, sep="/")
 
 
-def _in_channels(layout, params) -> int:
+def _in_channels(model, params) -> int:
   """Input channels, read from the first kernel of the first block (3 if it is missing)."""
-  first = params.get(layout[0].name, {}) if isinstance(params, Mapping) else {}
+  if isinstance(model, PlainNet):
+    first = next((x for x in model.layers if isinstance(x, Conv)), None)
+    return first.in_features if first is not None else 3
+  first = params.get(model.layout()[0].name, {}) if isinstance(params, Mapping) else {}
   flat = traverse_util.flatten_dict(first) if isinstance(first, Mapping) else {}
   kernels = [v for k, v in flat.items() if k[-1] == "kernel" and hasattr(v, "shape")]
   return kernels[0].shape[-2] if kernels and len(kernels[0].shape) == 4 else 3
@@ -182,7 +215,7 @@ def check_variables(model: nn.Module, variables) -> None:
       "variables must be a dict with a 'params' collection (as returned by model.init), "
       f"got {type(variables).__name__}"
     )
-  expected = _expected_shapes(model, _in_channels(model.layout(), variables["params"]))
+  expected = _expected_shapes(model, _in_channels(model, variables["params"]))
   flat = traverse_util.flatten_dict(variables, keep_empty_nodes=True, sep="/")
   given = {k: v for k, v in flat.items() if v is not traverse_util.empty_node}
   given_prefixes = {p.rsplit("/", n)[0] for p in flat for n in range(p.count("/") + 1)}
@@ -242,7 +275,9 @@ def rm_convert(
   computes the same logits as `model.apply(variables, x, train=False)`.
 
   Args:
-    model: a model with a `layout()` whose block types all have converters (e.g. any ResNet).
+    model: a model with a `layout()` whose block types all have converters (e.g. any ResNet),
+      or a `PlainNet` (e.g. fine-tuned from a converted network): its BNs are folded for the
+      deploy form and kept with `keep_bn`.
     variables: its `{"params", "batch_stats"}`. Never modified.
     keep_bn: False — deploy form: every BN folded into conv biases, layers are conv + ReLU.
       True — fine-tuning form (Appendix A.2): conv without bias + BN + ReLU, reserved channels'
@@ -262,6 +297,12 @@ def rm_convert(
     >>> print(plain)                          # the layer table
     >>> jax.jit(rm_convert, static_argnums=0)(model, variables)   # same result, jitted
   """
+  if isinstance(model, PlainNet):
+    # Already plain (a fine-tuned or pruned network): the deploy form folds its BNs.
+    check_variables(model, variables)
+    emitted = _plain_emitted(model, variables)
+    emitted = emitted if keep_bn else fold_plain_batchnorm(emitted)
+    return assemble(fuse_consecutive_pointwise(emitted) if fuse else emitted)
   layout_fn = getattr(model, "layout", None)
   if layout_fn is None:
     raise ValueError(
@@ -308,6 +349,7 @@ __all__ = [
   "convertible_blocks",
   "emit_conv",
   "folded_conv",
+  "fold_plain_batchnorm",
   "fuse_consecutive_pointwise",
   "register_converter",
   "rm_convert",
