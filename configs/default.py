@@ -30,6 +30,9 @@ def get_config():
   config.momentum = 0.9
   config.nesterov = False
   config.weight_decay = 5e-4
+  # Network slimming (Sec. 4.2, 5.1): L1 on every BN scale, the paper uses 1e-4 ... 1e-3.
+  # 0 = off. Prune afterwards with `python prune.py` on a `convert.py --keep_bn` output.
+  config.sparsity = 0.0
   config.lr_schedule = "cosine"  # "step" | "cosine" | "constant"
   config.lr_decay_epochs = 60.0  # "step": multiply by lr_decay_factor every this many epochs
   config.lr_decay_factor = 0.1

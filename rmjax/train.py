@@ -135,9 +135,31 @@ def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int):
   return optax.join_schedules([ramp, lambda s: main(s)], [warmup])
 
 
+def batchnorm_l1(strength: float) -> optax.GradientTransformation:
+  """Adds the subgradient of `strength * sum |scale|` over every BatchNorm scale to the
+  gradient: network slimming's sparsity training (Liu et al. 2017; the paper's Sec. 4.2, 5.1),
+  which drives unimportant channels' scales to zero so that `transforms.prune` can drop them."""
+
+  def update(updates, state, params):
+    if params is None:
+      raise ValueError("batchnorm_l1 needs the params (optax passes them in chain.update)")
+
+    def add(path, g, w):
+      return g + strength * jnp.sign(w) if path[-1].key == "scale" else g
+
+    return jax.tree_util.tree_map_with_path(add, updates, params), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def create_optimizer(config, schedule):
-  """SGD with momentum and L2 weight decay on every parameter, as PyTorch's SGD does."""
+  """SGD with momentum and L2 weight decay on every parameter, as PyTorch's SGD does; with
+  `config.sparsity > 0` also an L1 penalty on BN scales (network slimming, `batchnorm_l1`)."""
+  sparsity = config.get("sparsity", 0.0)
+  if sparsity < 0:
+    raise ValueError(f"config.sparsity must be >= 0, got {sparsity}")
   return optax.chain(
+    *([batchnorm_l1(sparsity)] if sparsity else []),
     optax.add_decayed_weights(config.weight_decay),
     optax.sgd(schedule, momentum=config.momentum, nesterov=config.get("nesterov", False)),
   )

@@ -5,7 +5,9 @@ import socket
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 from train_config import tiny_config
@@ -172,3 +174,23 @@ def test_trained_model_converts_to_an_equal_plain_network(tmp_path):
   assert plain["params"] > original["params"]
   table = compare.format_table(rows)
   assert table.count("\n") == 3 and "PlainNet (RM)" in table
+
+
+def test_sparsity_adds_l1_on_batchnorm_scales_only():
+  config = tiny_config(sparsity=0.1, weight_decay=0.0, momentum=0.0)
+  tx = train.create_optimizer(config, optax.constant_schedule(1.0))
+  params = {
+    "layers_1": {"scale": jnp.array([0.5, -0.2, 0.0]), "bias": jnp.ones(3)},
+    "layers_0": {"kernel": jnp.ones((1, 1, 2, 3))},
+  }
+  grads = {
+    "layers_1": {"scale": jnp.zeros(3), "bias": jnp.zeros(3)},
+    "layers_0": {"kernel": jnp.zeros((1, 1, 2, 3))},
+  }
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # SGD step of the L1 subgradient: scales move towards 0, nothing else moves.
+  np.testing.assert_allclose(updates["layers_1"]["scale"], [-0.1, 0.1, 0.0], atol=1e-7)
+  np.testing.assert_array_equal(updates["layers_1"]["bias"], 0.0)
+  np.testing.assert_array_equal(updates["layers_0"]["kernel"], 0.0)
+  with pytest.raises(ValueError, match="config.sparsity must be >= 0"):
+    train.create_optimizer(tiny_config(sparsity=-1.0), optax.constant_schedule(1.0))
