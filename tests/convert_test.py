@@ -248,3 +248,38 @@ def test_block_without_converter_is_named():
   variables = random_variables(model, jnp.zeros((1, 8, 8, 3)))
   with pytest.raises(ValueError, match="no converter for block 'layer1_0' of type UnknownBlock"):
     transforms.rm_convert(model, variables)
+
+
+@pytest.mark.parametrize("keep_bn", [False, True], ids=["deploy", "keep_bn"])
+@pytest.mark.parametrize("name", ["resnet20", "resnet50", "rmnext26x3_32"])
+def test_shortcut_bn_converts_exactly_and_scores_the_reserved_channels(name, keep_bn):
+  """A BN on the identity shortcut (sparsity training, Sec. 4.2): negative and zero scales
+  included, the plain network is exact, and in the fine-tuning form the reserved channels' BN
+  scale is |scale / sigma| of the shortcut BN — zero where that BN zeroed a channel."""
+  small = {"resnet50": dict(widths=(8, 16), stage_sizes=(2, 1), strides=(1, 2), stem_width=8)}
+  small["rmnext26x3_32"] = dict(
+    widths=(16, 32), stage_sizes=(2, 1), strides=(1, 2), stem_width=16, channels_per_group=8
+  )
+  model = models.create(name, num_classes=10, stem="cifar", shortcut_bn=True, **small.get(name, {}))
+  x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+  variables = random_variables(model, x, seed=5, zero_scale_fraction=0.2)
+  assert "shortcut_bn" in variables["params"]["layer1_1"]
+  convert = jax.jit(transforms.rm_convert, static_argnums=0, static_argnames="keep_bn")
+  plain, plain_vars = convert(model, variables, keep_bn=keep_bn)
+  logits_close(model, variables, plain, plain_vars, x)
+  if keep_bn:
+    bn = variables["params"]["layer1_1"]["shortcut_bn"]
+    stats = variables["batch_stats"]["layer1_1"]["shortcut_bn"]
+    importance = np.abs(bn["scale"]) / np.sqrt(stats["var"] + 1e-5)
+    # The first reserving BN of block layer1_1, after those of layer1_0: a basic block has one
+    # (conv1), a three-conv block two (conv1 and the middle conv).
+    per_block = 1 if name == "resnet20" else 2
+    reserving = [
+      i
+      for i, layer in enumerate(plain.layers)
+      if isinstance(layer, plain_layers.BatchNorm) and layer.reserved
+    ]
+    i = reserving[per_block]
+    scale = plain_vars["params"][f"layers_{i}"]["scale"][-plain.layers[i].reserved :]
+    np.testing.assert_allclose(scale / np.sqrt(1 + 1e-5), importance, rtol=1e-5, atol=1e-7)
+    assert (importance == 0).any()

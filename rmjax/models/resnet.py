@@ -87,6 +87,10 @@ class ResidualBlock(nn.Module):
   in_features: int
   features: int
   strides: int = 1
+  # A per-channel BN on an identity shortcut, for sparsity training (Sec. 4.2): it gives the
+  # channels the shortcut carries an importance score, which RM moves into the reserved
+  # channels' BN scale so that pruning can remove them too.
+  shortcut_bn: bool = False
   expansion = 1
 
   @property
@@ -128,9 +132,10 @@ class Bottleneck(ResidualBlock):
 
 
 def shortcut(block: ResidualBlock, x, train: bool):
-  """Identity, or a strided 1x1 conv + BN where the stride or width changes."""
+  """Identity (optionally through a BN, `shortcut_bn`), or a strided 1x1 conv + BN where the
+  stride or width changes."""
   if not block.has_projection:
-    return x
+    return batch_norm(train, "shortcut_bn")(x) if block.shortcut_bn else x
   x = conv(block.out_features, 1, block.strides, name="proj_conv")(x)
   return batch_norm(train, "proj_bn")(x)
 
@@ -177,6 +182,7 @@ class StagedNetwork(BlockNetwork):
   widths: Sequence[int] = (64, 128, 256, 512)
   strides: Sequence[int] = (1, 2, 2, 2)
   stem_width: int = 64
+  shortcut_bn: bool = False  # see ResidualBlock.shortcut_bn
 
   def stem_module(self) -> nn.Module:
     raise TypeError(f"{type(self).__name__} must define stem_module()")
@@ -215,7 +221,9 @@ class ResNet(StagedNetwork):
     return Stem(self.stem_width, self.stem, parent=None, name="stem")
 
   def block_module(self, stage, in_features, width, stride, name):
-    return self.block(in_features, width, stride, parent=None, name=name)
+    return self.block(
+      in_features, width, stride, shortcut_bn=self.shortcut_bn, parent=None, name=name
+    )
 
 
 resnet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)

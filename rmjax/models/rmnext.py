@@ -24,6 +24,7 @@ from rmjax.models.resnet import (
   StemBase,
   batch_norm,
   conv,
+  shortcut,
 )
 
 
@@ -78,10 +79,7 @@ class RMNeXtBlock(ResidualBlock):
     y = nn.relu(batch_norm(train, "bn2")(y))
     y = conv(self.out_features, 1, 1, name="conv3")(y)
     y = batch_norm(train, "bn3")(y)
-    if self.has_projection:
-      x = conv(self.out_features, 1, self.strides, name="proj_conv")(x)
-      x = batch_norm(train, "proj_bn")(x)
-    return nn.relu(y + x)
+    return nn.relu(y + shortcut(self, x, train))
 
 
 class RMNeXt(StagedNetwork):
@@ -100,6 +98,7 @@ class RMNeXt(StagedNetwork):
       stride,
       expansion=self.expansion,
       channels_per_group=self.channels_per_group * 2**stage,
+      shortcut_bn=self.shortcut_bn,
       parent=None,
       name=name,
     )

@@ -6,6 +6,7 @@ sign), so the reserved channels pass the in-block ReLUs unchanged (Sec. 4.1, fir
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from rmjax.models.plain import Dense, GlobalAvgPool, MaxPool, ReLU
@@ -13,6 +14,7 @@ from rmjax.models.resnet import BN_EPSILON, BasicBlock, Bottleneck, Head, Residu
 from rmjax.transforms.convert import (
   Emitted,
   Options,
+  batchnorm_of,
   conv_layer,
   emit_conv,
   folded_conv,
@@ -24,12 +26,24 @@ EPS = BN_EPSILON
 
 
 def shortcut_weights(block: ResidualBlock, variables):
-  """The shortcut as a 1x1 conv `(kernel, bias)`: identity, or the BN-folded projection."""
+  """The shortcut as a 1x1 conv `(kernel, bias)` plus the gain the reserved copies carry.
+
+  Identity: `(I, 0)`, gain None. Projection: the BN-folded 1x1 conv, gain None. Identity through
+  a BN (`shortcut_bn`, per channel `m * x + b` with `m = scale / sigma`): the reserved copies
+  carry `|m| x` — non-negative, so the ReLUs keep them — and the merge adds them with sign(m),
+  plus `b`. In the fine-tuning form `|m|` becomes the reserved channels' BN scale: the importance
+  network slimming prunes by (Sec. 4.2).
+  """
   if block.has_projection:
-    return folded_conv(variables, "proj_conv", "proj_bn", epsilon=EPS)
+    return (*folded_conv(variables, "proj_conv", "proj_bn", epsilon=EPS), None)
   dtype = variables["params"]["conv1"]["kernel"].dtype
-  eye = jnp.eye(block.in_features, dtype=dtype)[None, None]
-  return eye, jnp.zeros((block.in_features,), dtype)
+  if not block.shortcut_bn:
+    eye = jnp.eye(block.in_features, dtype=dtype)[None, None]
+    return eye, jnp.zeros((block.in_features,), dtype), None
+  bn = batchnorm_of(variables, "shortcut_bn")
+  m = bn["scale"] * jax.lax.rsqrt(bn["var"] + EPS)
+  signs = jnp.diag(jnp.where(m < 0, -1.0, 1.0).astype(dtype))[None, None]
+  return signs, bn["bias"] - bn["mean"] * m, jnp.abs(m)
 
 
 @register_converter(Stem)
@@ -51,11 +65,11 @@ def convert_basic_block(block: BasicBlock, variables, options: Options) -> list[
   3x3 conv and the 1x1 projection, zero-padded to 3x3, becomes conv2's extra input columns —
   9C(2C + C) + 9(3C)(2C) = 81C^2 weights.
   """
-  conv1 = reserve(conv_layer(variables, "conv1", "bn1", options, epsilon=EPS), epsilon=EPS)
+  kernel, bias, gain = shortcut_weights(block, variables)
+  conv1 = conv_layer(variables, "conv1", "bn1", options, epsilon=EPS)
+  conv1 = reserve(conv1, gain=gain, epsilon=EPS)
   conv2 = merge(
-    conv_layer(variables, "conv2", "bn2", options, epsilon=EPS),
-    *shortcut_weights(block, variables),
-    epsilon=EPS,
+    conv_layer(variables, "conv2", "bn2", options, epsilon=EPS), kernel, bias, epsilon=EPS
   )
   return (
     emit_conv(conv1, stride=block.strides, padding=1, epsilon=EPS)
@@ -72,7 +86,9 @@ def convert_three_conv_block(block, variables, options: Options, *, groups: int 
   `options.dense_reserve`) and the block's stride; a projection's folded 1x1 weights become the
   last conv's extra input columns. Serves ResNet's Bottleneck and RMNeXt's block.
   """
-  conv1 = reserve(conv_layer(variables, "conv1", "bn1", options, epsilon=EPS), epsilon=EPS)
+  kernel, bias, gain = shortcut_weights(block, variables)
+  conv1 = conv_layer(variables, "conv1", "bn1", options, epsilon=EPS)
+  conv1 = reserve(conv1, gain=gain, epsilon=EPS)
   conv2, new_groups = reserve_grouped(
     conv_layer(variables, "conv2", "bn2", options, epsilon=EPS),
     groups=groups,
@@ -81,9 +97,7 @@ def convert_three_conv_block(block, variables, options: Options, *, groups: int 
     epsilon=EPS,
   )
   conv3 = merge(
-    conv_layer(variables, "conv3", "bn3", options, epsilon=EPS),
-    *shortcut_weights(block, variables),
-    epsilon=EPS,
+    conv_layer(variables, "conv3", "bn3", options, epsilon=EPS), kernel, bias, epsilon=EPS
   )
   return (
     emit_conv(conv1, stride=1, padding=0, epsilon=EPS)

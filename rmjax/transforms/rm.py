@@ -22,8 +22,10 @@ from rmjax.transforms.batchnorm import concat_batchnorm, identity_batchnorm
 from rmjax.transforms.dirac import dirac_kernel, grouped_to_dense, pad_kernel
 
 
-def _append_outputs(layer, kernel, num_new: int, *, epsilon: float):
-  """`layer` with kernel `kernel` whose last `num_new` outputs are pass-through channels."""
+def _append_outputs(layer, kernel, num_new: int, *, epsilon: float, gain=None):
+  """`layer` with kernel `kernel` whose last `num_new` outputs are pass-through channels,
+  multiplied by `gain` (per channel, >= 0; None = 1) in the BN (fine-tuning form) or in the
+  kernel's new columns (deploy form)."""
   if "bn" in layer:
     dtype = layer["bn"]["mean"].dtype
     # Statistics of the copied input are not known here; (0, 1) keeps Eq. 3 exact in eval mode,
@@ -31,6 +33,9 @@ def _append_outputs(layer, kernel, num_new: int, *, epsilon: float):
     identity = identity_batchnorm(
       jnp.zeros((num_new,), dtype), jnp.ones((num_new,), dtype), epsilon=epsilon
     )
+    if gain is not None:
+      # The gain sits in the BN scale, where network slimming reads a channel's importance.
+      identity = {**identity, "scale": identity["scale"] * gain}
     # "reserved" counts the trailing identity channels: static structure that the plain
     # BatchNorm records, so that fine-tuning can re-estimate their statistics (A.2).
     return {
@@ -39,17 +44,21 @@ def _append_outputs(layer, kernel, num_new: int, *, epsilon: float):
       "reserved": layer.get("reserved", 0) + num_new,
     }
   zeros = jnp.zeros((num_new,), layer["bias"].dtype)
+  if gain is not None:
+    kernel = kernel.at[..., -num_new:].multiply(gain)
   return {"kernel": kernel, "bias": jnp.concatenate([layer["bias"], zeros])}
 
 
-def reserve(layer, *, channels: int | None = None, epsilon: float = 1e-5):
+def reserve(layer, *, channels: int | None = None, gain=None, epsilon: float = 1e-5):
   """Reserving (Sec. 4.1): extends a dense conv with one Dirac output channel per input channel.
 
   The new outputs are the conv's input (sampled at its stride) — all of it, or its first
   `channels` channels — with zero bias in the deploy form or an identity BN (Eq. 3) in the
   fine-tuning form. A following ReLU keeps them unchanged when the input is non-negative, as
   every ResNet block input is; where it can be negative (MobileNetV2) the activation of these
-  channels must be the identity (PReLU with slope 1).
+  channels must be the identity (PReLU with slope 1). With `gain` (per channel, >= 0) the copies
+  are scaled — still unchanged by the ReLU — which is how a BN on the shortcut (sparsity
+  training, Sec. 4.2) gives the reserved channels an importance in their BN scale.
 
     >>> layer = {"kernel": k, "bias": b}          # k: (3, 3, C, M)
     >>> reserve(layer)["kernel"].shape            # (3, 3, C, M + C)
@@ -61,7 +70,7 @@ def reserve(layer, *, channels: int | None = None, epsilon: float = 1e-5):
     raise ValueError(f"cannot reserve {channels} of a conv's {in_features} input channels")
   dirac = dirac_kernel(in_features, kh, dtype=kernel.dtype)[..., :channels]
   return _append_outputs(
-    layer, jnp.concatenate([kernel, dirac], axis=-1), channels, epsilon=epsilon
+    layer, jnp.concatenate([kernel, dirac], axis=-1), channels, epsilon=epsilon, gain=gain
   )
 
 
