@@ -220,7 +220,7 @@ def test_bad_arguments_are_named():
   with pytest.raises(ValueError, match="bottleneck_multiplier must be >= 1"):
     mobilenet.mobilenetv2_to_v1(bottleneck_multiplier=0)
   with pytest.raises(ValueError, match="needs stride 1"):
-    mobilenet.InvertedResidual(16, 32, 16, strides=2, shortcut_features=16)
+    mobilenet.InvertedResidual(16, 16, strides=2, hidden_features=32, shortcut_features=16)
 
 
 def test_shortcut_without_expanding_conv_cannot_be_converted():

@@ -45,18 +45,23 @@ def depthwise(features: int, stride: int, name: str) -> nn.Conv:
   return conv(features, 3, stride, name, groups=features)
 
 
-class ConvBN(nn.Module):
-  """A k x k conv (padding k // 2) + BN + activation."""
+class MobileBlock(nn.Module):
+  """Fields shared by the MobileNet blocks: widths in and out, stride, activation name."""
 
   in_features: int
   features: int
-  kernel_size: int = 3
   strides: int = 1
   activation: str = "relu"
 
   @property
   def out_features(self) -> int:
     return self.features
+
+
+class ConvBN(MobileBlock):
+  """A k x k conv (padding k // 2) + BN + activation."""
+
+  kernel_size: int = 3
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -64,17 +69,8 @@ class ConvBN(nn.Module):
     return ACTIVATIONS[self.activation](batch_norm(train, "bn")(x))
 
 
-class DepthwiseSeparable(nn.Module):
+class DepthwiseSeparable(MobileBlock):
   """MobileNetV1's block: depthwise 3x3 (stride here) + BN + act, pointwise 1x1 + BN + act."""
-
-  in_features: int
-  features: int
-  strides: int = 1
-  activation: str = "relu"
-
-  @property
-  def out_features(self) -> int:
-    return self.features
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -85,7 +81,7 @@ class DepthwiseSeparable(nn.Module):
     return act(batch_norm(train, "pointwise_bn")(conv(self.features, 1, name="pointwise")(x)))
 
 
-class InvertedResidual(nn.Module):
+class InvertedResidual(MobileBlock):
   """MobileNetV2's block with a linear bottleneck.
 
   `hidden_features == 0` means no expanding conv (the depthwise conv runs on the input, as in
@@ -95,16 +91,8 @@ class InvertedResidual(nn.Module):
   re-designed network uses: a wide bottleneck of which only a part is carried across.
   """
 
-  in_features: int
-  hidden_features: int
-  features: int
-  strides: int = 1
+  hidden_features: int = 0
   shortcut_features: int | None = None
-  activation: str = "relu"
-
-  @property
-  def out_features(self) -> int:
-    return self.features
 
   @property
   def shortcut(self) -> int:
@@ -176,17 +164,24 @@ class MobileNetV2(BlockNetwork):
     act = self.activation
     stride = 1 if self.stem == "cifar" else 2
     parts: list[nn.Module] = [
-      ConvBN(3, self.stem_features, 3, stride, act, parent=None, name="stem")
+      ConvBN(3, self.stem_features, stride, act, kernel_size=3, parent=None, name="stem")
     ]
     width = self.stem_features
     for i, b in enumerate(self.blocks):
       parts.append(
         InvertedResidual(
-          width, b.hidden, b.out, b.stride, b.shortcut, act, parent=None, name=f"block{i + 1}"
+          width,
+          b.out,
+          b.stride,
+          act,
+          hidden_features=b.hidden,
+          shortcut_features=b.shortcut,
+          parent=None,
+          name=f"block{i + 1}",
         )
       )
       width = b.out
-    parts.append(ConvBN(width, self.last_features, 1, 1, act, parent=None, name="last"))
+    parts.append(ConvBN(width, self.last_features, 1, act, kernel_size=1, parent=None, name="last"))
     parts.append(Head(self.num_classes, parent=None, name="head"))
     return tuple(parts)
 
@@ -272,7 +267,9 @@ class MobileNetV1(BlockNetwork):
     act = self.activation
     features = _v1_width(32, self.width)
     stride = 1 if self.stem == "cifar" else 2
-    parts: list[nn.Module] = [ConvBN(3, features, 3, stride, act, parent=None, name="stem")]
+    parts: list[nn.Module] = [
+      ConvBN(3, features, stride, act, kernel_size=3, parent=None, name="stem")
+    ]
     for i, (_, s, out) in enumerate(mobilenetv1_blocks(self.width)):
       parts.append(DepthwiseSeparable(features, out, s, act, parent=None, name=f"block{i + 1}"))
       features = out
