@@ -29,6 +29,12 @@ _THRESHOLD = flags.DEFINE_float(
   required=True,
 )
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing PRUNED directory.")
+_INNER_ONLY = flags.DEFINE_bool(
+  "inner_only",
+  False,
+  "The ResNet baseline (Sec. 5.1): prune only block-inner channels, keeping the shortcut's "
+  "copies and every block output, as slimming a ResNet with its residual connections must.",
+)
 
 
 def _row(name, channels, params, macs):
@@ -59,7 +65,9 @@ def format_report(plain, report, macs_before, macs_after) -> str:
   return "\n".join(lines)
 
 
-def run(plain_dir: str, pruned_dir: str, threshold: float, overwrite: bool) -> str:
+def run(
+  plain_dir: str, pruned_dir: str, threshold: float, overwrite: bool, inner_only: bool = False
+) -> str:
   """Loads, prunes and writes; returns the report text. Raises ValueError / OSError."""
   if not threshold >= 0:
     raise ValueError(f"--threshold must be >= 0, got {threshold}")
@@ -68,7 +76,7 @@ def run(plain_dir: str, pruned_dir: str, threshold: float, overwrite: bool) -> s
     raise ValueError(f"{pruned_dir} already exists; pass --overwrite to replace it")
   arch = plain_io.read_arch(os.path.abspath(plain_dir))
   plain, variables = plain_io.load_plain(plain_dir)
-  pruned, pruned_vars, report = transforms.prune(plain, variables, threshold)
+  pruned, pruned_vars, report = transforms.prune(plain, variables, threshold, inner_only=inner_only)
   x = jax.ShapeDtypeStruct((1, *arch["input_shape"]), jnp.float32)
   text = format_report(
     plain,
@@ -99,7 +107,7 @@ def main(argv):
   _, plain_dir, pruned_dir = argv
   logging.set_verbosity(logging.WARNING)  # orbax is chatty; the table below is the output
   try:
-    text = run(plain_dir, pruned_dir, _THRESHOLD.value, _OVERWRITE.value)
+    text = run(plain_dir, pruned_dir, _THRESHOLD.value, _OVERWRITE.value, _INNER_ONLY.value)
   except (ValueError, OSError) as e:  # PlainFormatError is a ValueError
     print(f"error: {e}", file=sys.stderr)
     return 1

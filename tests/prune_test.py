@@ -218,3 +218,19 @@ def test_cli_prunes_a_plain_directory(tmp_path):
   refused = run_cli(plain_dir, str(tmp_path / "other"), "--threshold=1e-6")
   assert refused.returncode == 1 and "convert.py --keep_bn" in refused.stderr
   assert not os.path.exists(tmp_path / "other")
+
+
+def test_inner_only_is_the_resnet_baseline():
+  """Only block-inner channels go: zeroed reserved copies and block outputs stay."""
+  plain, plain_vars, x = converted("resnet")
+  zeros = {1: [1, 5], 4: [2, 12, 15], 16: [0, 20, 31], 19: [3, 7]}
+  zeroed = zero_channels(plain_vars, zeros)
+  pruned, pruned_vars, report = transforms.prune(plain, zeroed, threshold=1e-6, inner_only=True)
+  # BN 4 has 8 reserved channels at its end (8..15): 12 and 15 are shortcut copies and stay;
+  # BN 16 has 16 reserved (16..31): of its zeroed 0, 20, 31 only 0 is inner. BNs 1 and 19 are
+  # block outputs.
+  assert removed(report) == {3: [2], 15: [0]}
+  assert {e["layer"] for e in report["skipped"]} >= {0, 18}
+  chex.assert_trees_all_close(
+    eval_logits(pruned, pruned_vars, x), eval_logits(plain, zeroed, x), atol=1e-5, rtol=0
+  )

@@ -138,7 +138,7 @@ def _scales(variables, i: int) -> np.ndarray:
     ) from None
 
 
-def prune(plain: PlainNet, variables, threshold: float):
+def prune(plain: PlainNet, variables, threshold: float, *, inner_only: bool = False):
   """Network slimming (Sec. 4.2): removes every channel whose |BN scale| is below `threshold`.
 
   `plain` must be the fine-tuning form (`rm_convert(model, variables, keep_bn=True)`): a dense
@@ -169,6 +169,10 @@ def prune(plain: PlainNet, variables, threshold: float):
     plain: a PlainNet in the fine-tuning form.
     variables: its `{"params", "batch_stats"}`; never modified. Unchanged arrays are shared.
     threshold: channels with |scale| < threshold go; >= 0 (the paper uses 5e-4 to 5e-3).
+    inner_only: the ResNet baseline of Sec. 5.1 — prune only what slimming can prune with the
+      residual connections in place: the block-inner channels, i.e. the non-reserved channels
+      of convs whose BN has reserved channels. The reserved copies (the shortcut) and every
+      block output keep their width. The result is exactly the RM form of the pruned ResNet.
 
   Returns:
     `(pruned_plain, pruned_variables, report)`. `report` is a JSON-serialisable dict: the
@@ -206,6 +210,13 @@ def prune(plain: PlainNet, variables, threshold: float):
       continue
     bns = [j for j in group.members if isinstance(layers[j], BatchNorm)]
     score = np.min([_scales(variables, j) for j in bns], axis=0)
+    if inner_only:
+      reserved = layers[bns[0]].reserved
+      if not reserved:
+        reason = "inner_only: its outputs are a block's output (the residual stream)"
+        skipped.append({"layer": i, "reason": reason})
+        continue
+      score[-reserved:] = np.inf  # the shortcut's copies: a ResNet cannot narrow them
     keep = np.flatnonzero(~(score < threshold))  # NaN scales are kept, as at threshold 0
     if keep.size == 0:
       keep = np.array([int(np.argmax(score))])
