@@ -65,7 +65,9 @@ def main(argv):
     export.check_writable(os.path.abspath(plain_dir), _OVERWRITE.value)  # before the slow part
     print(f"loading {ckpt} ...", flush=True)
     run = export.load_run(ckpt)
-    print(f"converting {run.config.model} (step {run.step}) ...", flush=True)
+    init_from = run.config.get("init_from")
+    what = f"the plain network fine-tuned from {init_from}" if init_from else run.config.model
+    print(f"converting {what} (step {run.step}) ...", flush=True)
     report = export.export_plain(
       run,
       plain_dir,
