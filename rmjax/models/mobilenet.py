@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from rmjax.models.resnet import STEMS, BlockNetwork, Head, batch_norm, conv
+from rmjax.models.resnet import BlockNetwork, Head, batch_norm, check_stem, conv
 
 ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6}
 
@@ -33,11 +33,6 @@ ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6}
 def _check_activation(name: str) -> None:
   if name not in ACTIVATIONS:
     raise ValueError(f"unknown activation {name!r}; expected one of {tuple(ACTIVATIONS)}")
-
-
-def _check_stem(stem: str) -> None:
-  if stem not in STEMS:
-    raise ValueError(f"unknown stem {stem!r}; expected one of {STEMS}")
 
 
 def depthwise(features: int, stride: int, name: str) -> nn.Conv:
@@ -67,6 +62,14 @@ class ConvBN(MobileBlock):
   def __call__(self, x, train: bool = False):
     x = conv(self.features, self.kernel_size, self.strides, name="conv")(x)
     return ACTIVATIONS[self.activation](batch_norm(train, "bn")(x))
+
+
+def stem_block(features: int, stem: str, activation: str) -> ConvBN:
+  """The MobileNets' stem: a 3x3 ConvBN, stride 1 for `stem="cifar"`, 2 for `"imagenet"`."""
+  check_stem(stem)
+  _check_activation(activation)
+  stride = 1 if stem == "cifar" else 2
+  return ConvBN(3, features, stride, activation, kernel_size=3, parent=None, name="stem")
 
 
 class DepthwiseSeparable(MobileBlock):
@@ -159,13 +162,8 @@ class MobileNetV2(BlockNetwork):
   activation: str = "relu6"
 
   def layout(self) -> tuple[nn.Module, ...]:
-    _check_stem(self.stem)
-    _check_activation(self.activation)
     act = self.activation
-    stride = 1 if self.stem == "cifar" else 2
-    parts: list[nn.Module] = [
-      ConvBN(3, self.stem_features, stride, act, kernel_size=3, parent=None, name="stem")
-    ]
+    parts: list[nn.Module] = [stem_block(self.stem_features, self.stem, act)]
     width = self.stem_features
     for i, b in enumerate(self.blocks):
       parts.append(
@@ -262,14 +260,9 @@ class MobileNetV1(BlockNetwork):
   activation: str = "relu6"
 
   def layout(self) -> tuple[nn.Module, ...]:
-    _check_stem(self.stem)
-    _check_activation(self.activation)
     act = self.activation
     features = _v1_width(32, self.width)
-    stride = 1 if self.stem == "cifar" else 2
-    parts: list[nn.Module] = [
-      ConvBN(3, features, stride, act, kernel_size=3, parent=None, name="stem")
-    ]
+    parts: list[nn.Module] = [stem_block(features, self.stem, act)]
     for i, (_, s, out) in enumerate(mobilenetv1_blocks(self.width)):
       parts.append(DepthwiseSeparable(features, out, s, act, parent=None, name=f"block{i + 1}"))
       features = out

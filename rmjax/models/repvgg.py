@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from rmjax.models.resnet import STEMS, BlockNetwork, Head, batch_norm, conv
+from rmjax.models.resnet import BlockNetwork, Head, batch_norm, check_stem, conv
 
 # RepVGG's `optional_groupwise_layers`: the layers (stem = 0) whose 3x3 and 1x1 convs are grouped
 # in the g2 / g4 variants.
@@ -177,8 +177,7 @@ class RepVGG(BlockNetwork):
   reserve_ratio: float = 0.0
 
   def __post_init__(self):
-    if self.stem not in STEMS:
-      raise ValueError(f"unknown stem {self.stem!r}; expected one of {STEMS}")
+    check_stem(self.stem)
     if len(self.stage_sizes) != len(self.widths):
       raise ValueError(
         f"stage_sizes {tuple(self.stage_sizes)} and widths {tuple(self.widths)} must have the "

@@ -54,6 +54,12 @@ def batch_norm(train: bool, name: str) -> nn.BatchNorm:
   )
 
 
+def check_stem(stem: str) -> None:
+  """ValueError for a stem kind other than those in STEMS."""
+  if stem not in STEMS:
+    raise ValueError(f"unknown stem {stem!r}; expected one of {STEMS}")
+
+
 class StemBase(nn.Module):
   """A stem of `features` output channels for `kind` in STEMS (CIFAR or ImageNet inputs)."""
 
@@ -61,8 +67,7 @@ class StemBase(nn.Module):
   kind: str = "cifar"
 
   def __post_init__(self):
-    if self.kind not in STEMS:
-      raise ValueError(f"unknown stem {self.kind!r}; expected one of {STEMS}")
+    check_stem(self.kind)
     super().__post_init__()
 
 
