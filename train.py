@@ -13,7 +13,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rmjax import compare, data, train
+from rmjax import cli, compare, data, train
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -41,11 +41,6 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
-def default_workdir(config_path: str) -> str:
-  name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
-  return os.path.join("workdirs", name)
-
-
 def maybe_initialize_distributed() -> None:
   wanted = _DISTRIBUTED.value == "on" or (
     _DISTRIBUTED.value == "auto"
@@ -60,29 +55,13 @@ def maybe_initialize_distributed() -> None:
     logging.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
-def parse_flags(argv):
-  """absl's parsing, with a one-line error for a `--config.KEY` the config does not have
-  (ml_collections raises AttributeError/KeyError from deep inside the flag parser)."""
-  try:
-    return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError) as e:
-    key = str(e).strip("\"'")
-    print(
-      f"error: the config has no key {key!r} to override: --config.KEY can only set keys that "
-      "the config file defines (model arguments go under model_kwargs; add new ones to the "
-      "config file first)",
-      file=sys.stderr,
-    )
-    sys.exit(2)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/demo.py")
-  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
+  workdir = _WORKDIR.value or cli.default_workdir(flags.FLAGS["config"].config_filename)
   maybe_initialize_distributed()
   try:
     result = train.train_and_evaluate(config, workdir)
@@ -118,4 +97,4 @@ def report(config, result) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -240,6 +240,13 @@ def eval_batches(
 # --- Preparing and reading -----------------------------------------------------------------
 
 
+def prepare(name: str, data_dir: str | None = None) -> None:
+  """Prepares dataset `name` in `data_dir` (downloads it where tfds can) or raises
+  `DatasetNotFoundError` saying how to; a no-op when it is prepared. Call it before slow work."""
+  dataset_info(name)
+  _prepared_builder(name, data_dir)
+
+
 def _prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """The builder of a prepared dataset: prepares it (download) if needed, else a clear error."""
   if name == "fashion_mnist_small":

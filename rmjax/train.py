@@ -30,7 +30,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rmjax import checkpoint, data, finetune, models, plain_io, summary
+from rmjax import checkpoint, data, finetune, models, plain_io, summary, transforms
 from rmjax.models.plain import BatchNorm, PlainNet
 
 
@@ -56,9 +56,16 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int):
   if config.get("init_from"):
     return plain_architecture(config.init_from)[0]
   kwargs = dict(config.get("model_kwargs", {}) or {})
-  # A config read back from JSON has lists; architectures are hashable (static under jit).
-  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  # A config read back from JSON has (nested) lists; architectures are hashable (static under
+  # jit), so every list becomes a tuple.
+  kwargs = {k: _tuples(v) for k, v in kwargs.items()}
   return models.create(config.model, num_classes=num_classes, **kwargs)
+
+
+def _tuples(value):
+  if isinstance(value, list | tuple):
+    return tuple(_tuples(v) for v in value)
+  return value
 
 
 def plain_architecture(path: str) -> tuple[PlainNet, tuple[int, ...]]:
@@ -312,6 +319,13 @@ def _check_finite(step: int, metrics: dict[str, float], last_saved: int | None) 
   )
 
 
+def replicated(variables, mesh: Mesh):
+  """The same arrays on every process -> global arrays replicated over `mesh`."""
+  return jax.tree.map(
+    lambda x: jax.make_array_from_process_local_data(mesh.replicated, np.asarray(x)), variables
+  )
+
+
 def plain_variables(config, plain: PlainNet, mesh: Mesh, local_batch: int):
   """The variables of `config.init_from`, replicated over `mesh`, with the reserved channels'
   BN statistics re-estimated on the first `config.init_bn_batches` training batches (A.2)."""
@@ -321,9 +335,7 @@ def plain_variables(config, plain: PlainNet, mesh: Mesh, local_batch: int):
     raise plain_io.PlainFormatError(f"config.init_from: {e}") from None
   # Every process loads the same file; as global replicated arrays they sit on the mesh that
   # the (sharded) batches of the re-estimation use.
-  variables = jax.tree.map(
-    lambda x: jax.make_array_from_process_local_data(mesh.replicated, np.asarray(x)), variables
-  )
+  variables = replicated(variables, mesh)
   num_batches = config.get("init_bn_batches", 10)
   if not any(isinstance(layer, BatchNorm) for layer in plain.layers):
     logging.warning(
@@ -360,6 +372,19 @@ def plain_variables(config, plain: PlainNet, mesh: Mesh, local_batch: int):
   return variables
 
 
+def steps_in_epoch(config, info: data.DatasetInfo) -> int:
+  return max(info.num_train // config.batch_size, 1)
+
+
+def num_steps(config, info: data.DatasetInfo | None = None) -> int:
+  """How many steps `config` trains: `num_train_steps` if > 0, else `num_epochs` epochs."""
+  steps = config.get("num_train_steps", -1)
+  if steps is not None and steps > 0:
+    return int(steps)
+  info = info or data.dataset_info(config.dataset, config.get("data_dir"))
+  return int(config.num_epochs * steps_in_epoch(config, info))
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
   model: Any
@@ -367,8 +392,14 @@ class TrainResult:
   metrics: dict[str, float]
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devices=None):
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, devices=None, init_variables=None
+):
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns a TrainResult.
+
+  `init_variables` (`{"params", "batch_stats"}` of the config's model, e.g. a ResNet slimmed by
+  `transforms.prune_resnet`): a fresh run starts from them instead of a random init and, like
+  `init_from`, is evaluated before the first step; a resumed run ignores them.
 
   With `config.init_from` (a PLAIN directory) the model is that plain network, fine-tuned
   (Appendix A.2): a fresh run starts from its variables, with the reserved channels' BN
@@ -383,12 +414,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
     KeyboardInterrupt: after saving a checkpoint of the current step.
   """
   info = data.dataset_info(config.dataset, config.get("data_dir"))
+  # Before compiling anything: a missing dataset should fail in seconds, not after the init.
+  data.prepare(config.dataset, config.get("data_dir"))
   image_size = config.get("image_size") or info.image_size
   input_shape = (image_size, image_size, info.channels)
   init_from = config.get("init_from") or ""
   if init_from:
     check_init_from(config, input_shape, info.num_classes)
   model = create_model(config, info.num_classes)
+  if init_variables is not None:
+    try:
+      transforms.check_variables(model, init_variables)
+    except ValueError as e:
+      raise ValueError(f"init_variables do not fit {config.model}: {e}") from None
   process_count, process_index = jax.process_count(), jax.process_index()
   if config.batch_size % process_count:
     raise ValueError(
@@ -399,10 +437,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
     raise ValueError(
       f"batch_size {config.batch_size} must be divisible by the {mesh.mesh.size} devices"
     )
-  steps_per_epoch = max(info.num_train // config.batch_size, 1)
-  total_steps = config.get("num_train_steps", -1)
-  if total_steps is None or total_steps <= 0:
-    total_steps = int(config.num_epochs * steps_per_epoch)
+  steps_per_epoch = steps_in_epoch(config, info)
+  total_steps = num_steps(config, info)
   schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
   tx = create_optimizer(config, schedule)
 
@@ -415,7 +451,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
   last_saved = mngr.latest_step()
   if last_saved is not None:
     _check_resume_source(config, workdir)
-  fine_tune_start = bool(init_from) and last_saved is None
+  if init_from and init_variables is not None:
+    raise ValueError("give config.init_from or init_variables, not both")
+  fine_tune_start = (bool(init_from) or init_variables is not None) and last_saved is None
   rng = jax.random.key(config.seed)
   if last_saved is not None:
     # Shapes only: the checkpoint replaces every value, so nothing is initialised (compiling
@@ -424,8 +462,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
     abstract = checkpoint.abstract_like(shapes, jax.tree.map(lambda _: mesh.replicated, shapes))
     state = checkpoint.restore(mngr, abstract, last_saved)
     logging.info("resumed from %s at step %d", mngr.directory, last_saved)
-  elif fine_tune_start:
+  elif init_from:
     state = init(rng, variables=plain_variables(config, model, mesh, local_batch))
+  elif init_variables is not None:
+    state = init(rng, variables=replicated(init_variables, mesh))
   else:
     state = init(rng)
   start_step = int(state.step)
@@ -484,7 +524,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
     writer.write_scalars(0, {f"eval/{k}": v for k, v in initial_eval.items()})
     logging.info(
       "eval before fine-tuning %s: top-1 %.4f, top-5 %.4f, loss %.4f",
-      init_from,
+      init_from or "the given variables",
       initial_eval["top1"],
       initial_eval["top5"],
       initial_eval["loss"],

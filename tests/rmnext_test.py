@@ -62,10 +62,17 @@ def damp_residual_branches(variables, factor=0.25):
   return {**variables, "params": params}
 
 
+# The 101- and 152-layer presets repeat the 50-layer presets' blocks (same expansion, groups
+# and widths, only more of them in stage 3/2): checked at depth [3, 4, 6, 3] to keep the suite
+# fast (their full depth took ~50 s each). Their full sizes are checked against Table 3 below.
+SHALLOWER = {"rmnext101x6_16": (3, 4, 6, 3), "rmnext152x6_32": (3, 4, 6, 3)}
+
+
 @pytest.mark.parametrize("keep_bn", [False, True], ids=["deploy", "keep_bn"])
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_converts_exactly(name, keep_bn):
-  model = models.create(name, num_classes=10)
+  depth = {"stage_sizes": SHALLOWER[name]} if name in SHALLOWER else {}
+  model = models.create(name, num_classes=10, **depth)
   x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
   variables = damp_residual_branches(random_variables(model, x, seed=3, zero_scale_fraction=0.05))
   convert = jax.jit(transforms.rm_convert, static_argnums=0, static_argnames="keep_bn")

@@ -96,11 +96,28 @@ class ResidualBlock(nn.Module):
   # channels the shortcut carries an importance score, which RM moves into the reserved
   # channels' BN scale so that pruning can remove them too.
   shortcut_bn: bool = False
+  # The widths of the block's inner convs (BasicBlock: conv1; Bottleneck: conv1, conv2), None =
+  # `features` each. Network slimming of a ResNet (the baseline of Sec. 5.1) can narrow only
+  # these: the residual connection fixes the block's input and output widths.
+  inner_features: tuple[int, ...] | None = None
   expansion = 1
+  num_inner = 1  # how many inner convs `inner_features` sets
+
+  def __post_init__(self):
+    if self.inner_features is not None and len(self.inner_features) != self.num_inner:
+      raise ValueError(
+        f"{type(self).__name__} has {self.num_inner} inner conv(s); inner_features "
+        f"{tuple(self.inner_features)} gives {len(self.inner_features)} widths"
+      )
+    super().__post_init__()
 
   @property
   def out_features(self) -> int:
     return self.features * self.expansion
+
+  def inner(self, k: int) -> int:
+    """The width of inner conv `k` (0-based)."""
+    return self.features if self.inner_features is None else int(self.inner_features[k])
 
   @property
   def has_projection(self) -> bool:
@@ -113,7 +130,7 @@ class BasicBlock(ResidualBlock):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    y = conv(self.features, 3, self.strides, name="conv1")(x)
+    y = conv(self.inner(0), 3, self.strides, name="conv1")(x)
     y = nn.relu(batch_norm(train, "bn1")(y))
     y = conv(self.features, 3, 1, name="conv2")(y)
     y = batch_norm(train, "bn2")(y)
@@ -124,12 +141,13 @@ class Bottleneck(ResidualBlock):
   """1x1 (reduce) -> 3x3 (stride here, as torchvision) -> 1x1 (expand x4)."""
 
   expansion = 4
+  num_inner = 2
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    y = conv(self.features, 1, 1, name="conv1")(x)
+    y = conv(self.inner(0), 1, 1, name="conv1")(x)
     y = nn.relu(batch_norm(train, "bn1")(y))
-    y = conv(self.features, 3, self.strides, name="conv2")(y)
+    y = conv(self.inner(1), 3, self.strides, name="conv2")(y)
     y = nn.relu(batch_norm(train, "bn2")(y))
     y = conv(self.out_features, 1, 1, name="conv3")(y)
     y = batch_norm(train, "bn3")(y)
@@ -192,7 +210,10 @@ class StagedNetwork(BlockNetwork):
   def stem_module(self) -> nn.Module:
     raise TypeError(f"{type(self).__name__} must define stem_module()")
 
-  def block_module(self, stage: int, in_features: int, width: int, stride: int, name: str):
+  def block_module(
+    self, stage: int, in_features: int, width: int, stride: int, name: str, index: int
+  ):
+    """Residual block number `index` (counted over all stages) of stage `stage`."""
     raise TypeError(f"{type(self).__name__} must define block_module()")
 
   def layout(self) -> tuple[nn.Module, ...]:
@@ -209,7 +230,7 @@ class StagedNetwork(BlockNetwork):
     ):
       for j in range(size):
         block = self.block_module(
-          i, in_features, width, stride if j == 0 else 1, f"layer{i + 1}_{j}"
+          i, in_features, width, stride if j == 0 else 1, f"layer{i + 1}_{j}", len(parts) - 1
         )
         parts.append(block)
         in_features = block.out_features
@@ -221,13 +242,27 @@ class ResNet(StagedNetwork):
   """A ResNet of `block`s (BasicBlock or Bottleneck); see StagedNetwork for the stages."""
 
   block: type[ResidualBlock] = BasicBlock
+  # Per residual block, in layout order: its `inner_features` (a slimmed ResNet,
+  # `transforms.prune_resnet`); None = every block at its stage width.
+  inner_widths: tuple[tuple[int, ...], ...] | None = None
 
   def stem_module(self):
     return Stem(self.stem_width, self.stem, parent=None, name="stem")
 
-  def block_module(self, stage, in_features, width, stride, name):
+  def block_module(self, stage, in_features, width, stride, name, index):
+    if self.inner_widths is not None and len(self.inner_widths) != sum(self.stage_sizes):
+      raise ValueError(
+        f"inner_widths has {len(self.inner_widths)} entries for {sum(self.stage_sizes)} blocks"
+      )
+    inner = None if self.inner_widths is None else tuple(self.inner_widths[index])
     return self.block(
-      in_features, width, stride, shortcut_bn=self.shortcut_bn, parent=None, name=name
+      in_features,
+      width,
+      stride,
+      shortcut_bn=self.shortcut_bn,
+      inner_features=inner,
+      parent=None,
+      name=name,
     )
 
 

@@ -50,6 +50,7 @@ class RMNeXtBlock(ResidualBlock):
 
   expansion: int = 3
   channels_per_group: int = 32
+  num_inner = 0  # its inner widths follow from expansion and groups
 
   @property
   def out_features(self) -> int:
@@ -91,7 +92,8 @@ class RMNeXt(StagedNetwork):
   def stem_module(self):
     return RepVGGStem(self.stem_width, self.stem, parent=None, name="stem")
 
-  def block_module(self, stage, in_features, width, stride, name):
+  def block_module(self, stage, in_features, width, stride, name, index):
+    del index  # every block of a stage has the same shape
     return RMNeXtBlock(
       in_features,
       width,

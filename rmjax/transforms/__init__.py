@@ -23,6 +23,8 @@ Building blocks, by the paper's steps:
   rm_convert          the whole network, one registered converter per block type
   prune               network slimming of a keep_bn plain network: drop channels whose |BN scale|
                       is below a threshold (Sec. 4.2, Fig. 4); not jittable (values pick shapes)
+  prune_resnet        the ResNet baseline of Sec. 5.1: slimming with the residual connections in
+                      place, block-inner channels only; returns a narrower ResNet
 """
 
 # Importing the converter modules registers them.
@@ -43,6 +45,7 @@ from rmjax.transforms.convert import (
 from rmjax.transforms.dirac import dirac_kernel, grouped_to_dense, pad_kernel
 from rmjax.transforms.fuse import fuse_pointwise
 from rmjax.transforms.prune import prune
+from rmjax.transforms.prune_resnet import prune_resnet
 from rmjax.transforms.repvgg import repvgg_reparam
 from rmjax.transforms.rm import merge, reserve, reserve_grouped
 
@@ -60,6 +63,7 @@ __all__ = [
   "merge",
   "pad_kernel",
   "prune",
+  "prune_resnet",
   "register_converter",
   "repvgg_reparam",
   "reserve",

@@ -127,8 +127,15 @@ def _check(plain: PlainNet, variables) -> None:
     raise ValueError(f"variables do not match the layers: {'; '.join(problems[:8])}")
 
 
-def _scales(variables, i: int) -> np.ndarray:
-  scale = variables["params"][f"layers_{i}"]["scale"]
+def kept_channels(score: np.ndarray, threshold: float) -> np.ndarray:
+  """Indices of the channels whose score is not below `threshold`, never none: where all are
+  below, the best one stays. NaN scores are kept, as at threshold 0."""
+  keep = np.flatnonzero(~(score < threshold))
+  return keep if keep.size else np.array([int(np.argmax(score))])
+
+
+def abs_scales(scale) -> np.ndarray:
+  """|BN scale| on the host, float64; a clear error under jax.jit (values pick shapes)."""
   try:
     return np.abs(np.asarray(scale, np.float64))
   except jax.errors.TracerArrayConversionError:
@@ -209,7 +216,7 @@ def prune(plain: PlainNet, variables, threshold: float, *, inner_only: bool = Fa
       skipped.append({"layer": i, "reason": group})
       continue
     bns = [j for j in group.members if isinstance(layers[j], BatchNorm)]
-    score = np.min([_scales(variables, j) for j in bns], axis=0)
+    score = np.min([abs_scales(variables["params"][f"layers_{j}"]["scale"]) for j in bns], axis=0)
     if inner_only:
       reserved = layers[bns[0]].reserved
       if not reserved:
@@ -217,9 +224,7 @@ def prune(plain: PlainNet, variables, threshold: float, *, inner_only: bool = Fa
         skipped.append({"layer": i, "reason": reason})
         continue
       score[-reserved:] = np.inf  # the shortcut's copies: a ResNet cannot narrow them
-    keep = np.flatnonzero(~(score < threshold))  # NaN scales are kept, as at threshold 0
-    if keep.size == 0:
-      keep = np.array([int(np.argmax(score))])
+    keep = kept_channels(score, threshold)
     n = layer.out_features
     entries.append(
       {
@@ -250,7 +255,7 @@ def prune(plain: PlainNet, variables, threshold: float, *, inner_only: bool = Fa
   return PlainNet(new_layers), pruned_vars, report
 
 
-def _take(a, indices, axis=0):
+def take(a, indices, axis=0):
   # On the host: the indices are concrete anyway, and jnp.take would compile one XLA program
   # per shape, seconds for a deep network on CPU.
   return jnp.asarray(np.take(np.asarray(a), indices, axis=axis))
@@ -270,29 +275,29 @@ def _apply(plain: PlainNet, variables, out_keep, in_keep):
     p = dict(params[name])
     if isinstance(layer, Conv):
       if inp is not None:
-        p["kernel"] = _take(p["kernel"], inp, axis=2)
+        p["kernel"] = take(p["kernel"], inp, axis=2)
         layer = dataclasses.replace(layer, in_features=int(inp.size))
       if out is not None:
-        p["kernel"] = _take(p["kernel"], out, axis=3)
+        p["kernel"] = take(p["kernel"], out, axis=3)
         if layer.use_bias:
-          p["bias"] = _take(p["bias"], out)
+          p["bias"] = take(p["bias"], out)
         width = int(out.size)
         if _depthwise(layer):
           layer = dataclasses.replace(layer, in_features=width, groups=width)
         layer = dataclasses.replace(layer, out_features=width)
     elif isinstance(layer, BatchNorm):
-      p = {k: _take(v, out) for k, v in p.items()}
-      stats[name] = {k: _take(v, out) for k, v in stats[name].items()}
+      p = {k: take(v, out) for k, v in p.items()}
+      stats[name] = {k: take(v, out) for k, v in stats[name].items()}
       # Reserved channels are the trailing ones (Eq. 3): count the survivors among them.
       reserved = int(np.sum(out >= layer.features - layer.reserved))
       layer = dataclasses.replace(layer, features=int(out.size), reserved=reserved)
     elif isinstance(layer, PReLU):
-      p["slope"] = _take(p["slope"], out)
+      p["slope"] = take(p["slope"], out)
       # Clipped (ReLU6) channels are the leading ones: count the survivors among them.
       clipped = int(np.sum(out < layer.clipped))
       layer = dataclasses.replace(layer, features=int(out.size), clipped=clipped)
     elif isinstance(layer, Dense):
-      p["kernel"] = _take(p["kernel"], inp, axis=0)
+      p["kernel"] = take(p["kernel"], inp, axis=0)
       layer = dataclasses.replace(layer, in_features=int(inp.size))
     params[name] = p
     new_layers.append(layer)
