@@ -12,6 +12,15 @@ The write is atomic: a failed or interrupted conversion leaves no PLAIN behind.
   python convert.py workdirs/demo workdirs/demo/plain
   python convert.py workdirs/demo/checkpoints/STEP /tmp/plain --keep_bn
   python convert.py workdirs/demo /tmp/plain --eval_dataset=fashion_mnist_small --overwrite
+
+Your own weights instead of a checkpoint (rmjax.interop; needs `pip install 'rmjax[interop]'`):
+the "original" is then the rmjax model holding the imported weights.
+
+  python convert.py --from_torch resnet50 resnet50.pth /tmp/plain     # torchvision layout
+  python convert.py --from_keras mobilenet_v2.keras /tmp/plain        # or .h5
+
+Serving artefacts of the plain network, next to PLAIN (checked against it before anything is
+written): --export stablehlo -> PLAIN.stablehlo, --export savedmodel -> PLAIN.savedmodel/.
 """
 
 import os
@@ -51,23 +60,71 @@ _FUSE = flags.DEFINE_bool(
   True,
   "Fuse back-to-back 1x1 convs left by RM (Eq. 5; MobileNetV2 -> MobileNetV1).",
 )
+_FROM_TORCH = flags.DEFINE_string(
+  "from_torch",
+  None,
+  "Import PyTorch weights in torchvision's layout instead of a checkpoint: "
+  "`convert.py --from_torch ARCH WEIGHTS PLAIN`, ARCH one of resnet18, resnet34, resnet50, "
+  "resnet101, resnet152, mobilenet_v2; WEIGHTS a .pth/.pt state dict or a .safetensors file.",
+)
+_FROM_KERAS = flags.DEFINE_bool(
+  "from_keras",
+  False,
+  "Import a Keras MobileNetV2 instead of a checkpoint: `convert.py --from_keras WEIGHTS "
+  "PLAIN`, WEIGHTS a .keras or .h5 model file (width, head and classes read from it).",
+)
+_INPUT_SIZE = flags.DEFINE_integer(
+  "input_size",
+  None,
+  "Imported weights: the side of the square images of the check batch (default: the Keras "
+  "file's input shape, else 224). Also the image size of --export artefacts.",
+)
+_EXPORT = flags.DEFINE_list(
+  "export",
+  [],
+  "Also write serving artefacts of the plain network, next to PLAIN: stablehlo -> "
+  "PLAIN.stablehlo (a jax.export file), savedmodel -> PLAIN.savedmodel/ (TensorFlow, via "
+  "jax2tf). Comma-separated; any batch size. Each is reloaded and checked against PLAIN.",
+)
+
+
+def _load(source: str) -> export.Run:
+  if _FROM_TORCH.value is not None and _FROM_KERAS.value:
+    raise export.ExportError("give --from_torch ARCH or --from_keras, not both")
+  if _FROM_TORCH.value is not None or _FROM_KERAS.value:
+    print(f"importing {source} ...", flush=True)
+    run = export.load_imported(source, torch_arch=_FROM_TORCH.value, input_size=_INPUT_SIZE.value)
+    for note in run.origin["notes"]:
+      print(f"note: {note}")
+    shape = "x".join(map(str, run.input_shape))
+    print(f"converting {run.name} (checked on {shape} inputs) ...", flush=True)
+    return run
+  if _INPUT_SIZE.value is not None:
+    raise export.ExportError("--input_size is for imported weights (--from_torch/--from_keras)")
+  print(f"loading {source} ...", flush=True)
+  run = export.load_run(source)
+  init_from = run.config.get("init_from")
+  what = f"the plain network fine-tuned from {init_from}" if init_from else run.config.model
+  print(f"converting {what} (step {run.step}) ...", flush=True)
+  return run
 
 
 def main(argv):
   if len(argv) != 3:
     print(
-      "usage: python convert.py CKPT PLAIN [flags]   (python convert.py --help)", file=sys.stderr
+      "usage: python convert.py CKPT PLAIN [flags]\n"
+      "       python convert.py --from_torch ARCH WEIGHTS PLAIN [flags]\n"
+      "       python convert.py --from_keras WEIGHTS PLAIN [flags]   (python convert.py --help)",
+      file=sys.stderr,
     )
     return 2
-  _, ckpt, plain_dir = argv
+  _, source, plain_dir = argv
   logging.set_verbosity(logging.WARNING)  # orbax is chatty; the report below is the output
+  exports = tuple(_EXPORT.value)
   try:
-    export.check_writable(os.path.abspath(plain_dir), _OVERWRITE.value)  # before the slow part
-    print(f"loading {ckpt} ...", flush=True)
-    run = export.load_run(ckpt)
-    init_from = run.config.get("init_from")
-    what = f"the plain network fine-tuned from {init_from}" if init_from else run.config.model
-    print(f"converting {what} (step {run.step}) ...", flush=True)
+    # Before the slow part.
+    export.check_writable(os.path.abspath(plain_dir), _OVERWRITE.value, exports)
+    run = _load(source)
     report = export.export_plain(
       run,
       plain_dir,
@@ -78,6 +135,7 @@ def main(argv):
       overwrite=_OVERWRITE.value,
       dense_reserve=_DENSE_RESERVE.value,
       fuse=_FUSE.value,
+      exports=exports,
     )
   except export.ExportError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -85,6 +143,8 @@ def main(argv):
   print(export.format_report(report))
   form = "fine-tuning form (BN kept)" if _KEEP_BN.value else "deploy form (BN folded)"
   print(f"wrote {report['plain_dir']} ({len(report['plain'].layers)} layers, {form})")
+  for fmt, c in report.get("exports", {}).items():
+    print(f"wrote {c['path']} ({fmt})")
   return 0
 
 

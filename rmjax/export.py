@@ -4,6 +4,11 @@
   >>> report = export_plain(run, "workdirs/demo/plain", keep_bn=False, tolerance=1e-4)
   >>> print(format_report(report))
 
+Imported weights (`convert.py --from_torch/--from_keras`) go the same way: `load_imported`
+gives a `Run` whose "original" is the rmjax model with the imported weights. With `exports`,
+serving artefacts (`rmjax.export_formats`) are written next to PLAIN, checked against it, and
+only put in place together with it.
+
 Every failure is an `ExportError` (a ValueError) with a message for the user: the CLI prints it
 as one paragraph, never a traceback.
 """
@@ -12,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -19,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from rmjax import checkpoint, data, plain_io, train, transforms
+from rmjax import checkpoint, data, export_formats, interop, plain_io, train, transforms
 from rmjax.testing import count_macs, count_params
 
 
@@ -29,14 +36,32 @@ class ExportError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One checkpoint of a training run, ready to convert or evaluate."""
+  """One checkpoint of a training run (or imported weights), ready to convert or evaluate."""
 
-  workdir: str
-  step: int
-  config: Any  # ml_collections.ConfigDict, as saved in the workdir's config.json
+  workdir: str  # imported weights: the weight file
+  step: int | None
+  config: Any  # ml_collections.ConfigDict, as saved in the workdir's config.json; None if imported
   model: Any
   variables: dict
   input_shape: tuple[int, int, int]
+  origin: dict | None = None  # imported weights: where from (plain.json's `source`)
+
+  @property
+  def name(self) -> str:
+    """The architecture's name, for messages."""
+    return self.origin["model"] if self.origin else self.config.model
+
+  def provenance(self) -> dict[str, Any]:
+    """Where the network came from, for plain.json's `source`."""
+    if self.origin:
+      return dict(self.origin)
+    return {
+      "workdir": self.workdir,
+      "step": self.step,
+      "model": self.config.model,
+      "dataset": self.config.dataset,
+      "config": self.config.to_dict(),
+    }
 
 
 def resolve_checkpoint(path: str) -> tuple[str, int | None]:
@@ -101,6 +126,39 @@ def load_run(path: str) -> Run:
   return Run(workdir, step, config, model, variables, (size, size, info.channels))
 
 
+def load_imported(
+  weights: str, *, torch_arch: str | None = None, input_size: int | None = None
+) -> Run:
+  """A `Run` of imported weights: torchvision-layout PyTorch ones with `torch_arch` (ResNet or
+  MobileNetV2), else a Keras MobileNetV2 (.h5/.keras). The check batch has `input_size` square
+  images (default: the Keras file's input shape, else 224)."""
+  path = os.path.abspath(weights)
+  try:
+    if torch_arch is not None:
+      imported, framework = interop.import_torch(torch_arch, path), "torch"
+    else:
+      imported, framework = interop.import_keras(path), "keras"
+  except interop.WeightImportError as e:
+    raise ExportError(str(e)) from None
+  if input_size is not None:
+    if input_size < 32:
+      raise ExportError(
+        f"--input_size must be at least 32 (the networks' stride), got {input_size}"
+      )
+    shape = (input_size, input_size, 3)
+  else:
+    shape = imported.input_shape or (224, 224, 3)
+  origin = {
+    "imported_from": path,
+    "framework": framework,
+    "model": imported.name,
+    "num_classes": imported.model.num_classes,
+    "dataset": None,
+    "notes": list(imported.notes),
+  }
+  return Run(path, None, None, imported.model, imported.variables, shape, origin)
+
+
 def _sizes(apply_fn, variables, input_shape) -> tuple[int, int]:
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
   return count_params(variables["params"]), count_macs(apply_fn, variables, x)
@@ -110,7 +168,10 @@ def _compare(run: Run, plain, plain_vars, images) -> dict[str, float]:
   with jax.default_matmul_precision("highest"):
     a = jax.jit(lambda v, x: run.model.apply(v, x, train=False))(run.variables, images)
     b = jax.jit(plain.apply)(plain_vars, images)
-  a, b = np.asarray(a), np.asarray(b)
+  return _difference(np.asarray(a), np.asarray(b))
+
+
+def _difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
   return {
     "max_abs_diff": float(np.max(np.abs(a - b))),
     "logit_scale": float(np.max(np.abs(a))),
@@ -131,6 +192,7 @@ def export_plain(
   dense_reserve: bool = False,
   fuse: bool = True,
   check_batch: int = 8,
+  exports: tuple[str, ...] = (),
 ) -> dict[str, Any]:
   """Converts `run`, checks it, and writes `plain_dir` atomically; returns the report.
 
@@ -138,11 +200,15 @@ def export_plain(
   images) and, with `eval_dataset`, on one real test batch. The conversion is refused when
   `max |logit difference| > tolerance * max(1, max |logit|)`: a relative bound for logits of
   magnitude above 1, an absolute one below.
+
+  `exports` (formats of `rmjax.export_formats`) are written next to `plain_dir`
+  (`export_formats.artefact_path`), reloaded and held to the same bound against the plain
+  network on the random batch; they and PLAIN are put in place only when all passed.
   """
   if not tolerance >= 0:
     raise ExportError(f"the tolerance must be >= 0, got {tolerance}")
   plain_dir = os.path.abspath(plain_dir)
-  check_writable(plain_dir, overwrite)
+  check_writable(plain_dir, overwrite, exports)
   try:
     convert = jax.jit(
       transforms.rm_convert,
@@ -153,7 +219,7 @@ def export_plain(
       run.model, run.variables, keep_bn=keep_bn, dense_reserve=dense_reserve, fuse=fuse
     )
   except ValueError as e:
-    raise ExportError(f"{run.config.model} cannot be converted: {e}") from None
+    raise ExportError(f"{run.name} cannot be converted: {e}") from None
   images = jax.random.normal(jax.random.key(0), (check_batch, *run.input_shape), jnp.float32)
   checks = {"random": _compare(run, plain, plain_vars, images)}
   if eval_dataset:
@@ -188,17 +254,21 @@ def export_plain(
         + format_report(report)
       )
   source = {
-    "workdir": run.workdir,
-    "step": run.step,
-    "model": run.config.model,
-    "dataset": run.config.dataset,
+    **run.provenance(),
     "keep_bn": keep_bn,
     "dense_reserve": dense_reserve,
     "fuse": fuse,
     "checks": checks,
-    "config": run.config.to_dict(),
   }
+  staging = None
   try:
+    if exports:
+      # Beside PLAIN, so that moving the artefacts into place is a rename.
+      os.makedirs(os.path.dirname(plain_dir), exist_ok=True)
+      staging = tempfile.mkdtemp(
+        prefix=f".{os.path.basename(plain_dir)}.exports-", dir=os.path.dirname(plain_dir)
+      )
+    staged = _stage_exports(exports, plain, plain_vars, run.input_shape, images, staging, report)
     plain_io.save_plain(
       plain_dir,
       plain,
@@ -207,15 +277,61 @@ def export_plain(
       source=source,
       overwrite=overwrite,
     )
+    for tmp, final in staged:
+      export_formats.replace(tmp, final)
   except OSError as e:
     raise ExportError(f"cannot write {plain_dir}: {e}") from None
+  finally:
+    if staging:
+      shutil.rmtree(staging, ignore_errors=True)
   return report
 
 
-def check_writable(plain_dir: str, overwrite: bool) -> None:
-  """Fails before any work if `plain_dir` exists (without overwrite) or cannot be created."""
-  if os.path.exists(plain_dir) and not overwrite:
-    raise ExportError(f"{plain_dir} already exists; pass --overwrite to replace it")
+def _stage_exports(formats, plain, plain_vars, input_shape, images, staging, report):
+  """Writes each format into `staging`, reloads it and compares it with the plain network on
+  `images`; returns `(staged path, final path)` pairs. Adds `report["exports"]`."""
+  if not formats:
+    return []
+  with jax.default_matmul_precision("highest"):
+    want = np.asarray(jax.jit(plain.apply)(plain_vars, images))
+  report["exports"] = {}
+  staged = []
+  for fmt in formats:
+    final = export_formats.artefact_path(report["plain_dir"], fmt)
+    tmp = os.path.join(staging, os.path.basename(final))
+    try:
+      export_formats.EXPORTERS[fmt](plain, plain_vars, input_shape, tmp)
+      got = np.asarray(export_formats.LOADERS[fmt](tmp)(np.asarray(images)))
+    except Exception as e:  # jax.export / TensorFlow errors: name the format, write nothing
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ExportError(
+        f"the {fmt} export failed ({type(e).__name__}: {first}); nothing was written"
+      ) from None
+    c = _difference(want, got)
+    report["exports"][fmt] = {"path": final, **c}
+    bound = report["tolerance"] * max(1.0, c["logit_scale"])
+    if not c["max_abs_diff"] <= bound:
+      raise ExportError(
+        f"the {fmt} export differs from the plain network by {c['max_abs_diff']:.3g} (allowed "
+        f"{bound:.3g}); nothing was written"
+      )
+    staged.append((tmp, final))
+  return staged
+
+
+def check_writable(plain_dir: str, overwrite: bool, exports: tuple[str, ...] = ()) -> None:
+  """Fails before any work if `plain_dir` or an export's artefact exists (without overwrite),
+  an export format is unknown, or `plain_dir` cannot be created."""
+  unknown = [fmt for fmt in exports if fmt not in export_formats.FORMATS]
+  if unknown:
+    raise ExportError(
+      f"unknown export format(s) {', '.join(map(repr, unknown))}; known: "
+      f"{', '.join(export_formats.FORMATS)}"
+    )
+  targets = [plain_dir] + [export_formats.artefact_path(plain_dir, fmt) for fmt in exports]
+  for target in targets:
+    if os.path.exists(target) and not overwrite:
+      raise ExportError(f"{target} already exists; pass --overwrite to replace it")
   parent = os.path.dirname(plain_dir)
   existing = parent
   while not os.path.exists(existing):
@@ -237,6 +353,11 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(
       f"{name:16}{c['examples']:>10}{c['max_abs_diff']:>14.3g}{c['logit_scale']:>14.3g}"
       f"{c['top1_agreement']:>14.2%}"
+    )
+  for fmt, c in report.get("exports", {}).items():
+    lines.append(
+      f"{fmt + ' file':16}{c['examples']:>10}{c['max_abs_diff']:>14.3g}{c['logit_scale']:>14.3g}"
+      f"{c['top1_agreement']:>14.2%}  (vs plain) {c['path']}"
     )
   lines.append(
     f"tolerance {report['tolerance']:g} x max(1, max |logit|) on max |diff| (relative to the"

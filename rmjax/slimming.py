@@ -141,6 +141,8 @@ def run_pipeline(config, workdir: str) -> list[dict[str, Any]]:
     metrics = _trained(ft, res_dir, init_variables=slim_vars)
     tuned = export.load_run(res_dir)
     networks.append(_network("ResNet", t, tuned.model, tuned.variables, *_top1(metrics), res_dir))
+  for n in networks:  # relative: the report may be read from anywhere (docs/pruning.json)
+    n["workdir"] = os.path.relpath(n["workdir"], workdir)
   return measure(networks, run.input_shape, batch_size=config.prune.speed_batch_size)
 
 

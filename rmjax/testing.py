@@ -137,33 +137,88 @@ def count_residual_adds(fn, *args) -> int:
   return _count_residual_adds(jaxpr, set(jaxpr.invars))
 
 
-def _count_macs(jaxpr) -> int:
-  macs = 0
+def _valid_taps(size: int, kernel: int, stride: int, low: int, high: int, dilation: int) -> int:
+  """(output position, kernel tap) pairs along one axis whose input is not padding."""
+  out = (size + low + high - (kernel - 1) * dilation - 1) // stride + 1
+  positions = np.arange(out)[:, None] * stride + np.arange(kernel)[None, :] * dilation - low
+  return int(np.sum((positions >= 0) & (positions < size)))
+
+
+def _conv_macs(eqn, padding: bool) -> int:
+  out, lhs, kernel = eqn.outvars[0].aval, eqn.invars[0].aval, eqn.invars[1].aval
+  dn = eqn.params["dimension_numbers"]  # lhs/rhs/out specs: (batch/out, feature/in, spatial...)
+  per_tap = kernel.shape[dn.rhs_spec[1]]  # inputs per output channel (in / groups)
+  if padding:
+    taps = int(np.prod(out.shape)) * int(np.prod([kernel.shape[d] for d in dn.rhs_spec[2:]]))
+    return taps * per_tap
+  taps = out.shape[dn.out_spec[0]] * out.shape[dn.out_spec[1]]
+  for i, (low, high) in enumerate(eqn.params["padding"]):
+    taps *= _valid_taps(
+      lhs.shape[dn.lhs_spec[2 + i]],
+      kernel.shape[dn.rhs_spec[2 + i]],
+      eqn.params["window_strides"][i],
+      low,
+      high,
+      eqn.params["rhs_dilation"][i],
+    )
+  return taps * per_tap
+
+
+def _count(jaxpr, padding: bool = True) -> tuple[int, int]:
+  """`(MACs of convs and matmuls, elementwise and reduction FLOPs)` of a jaxpr."""
+  macs = elementwise = 0
   for eqn in jaxpr.eqns:
-    macs += sum(_count_macs(sub) for sub in _sub_jaxprs(eqn))
+    for sub in _sub_jaxprs(eqn):
+      m, e = _count(sub, padding)
+      macs, elementwise = macs + m, elementwise + e
     name = eqn.primitive.name
     if name == "conv_general_dilated":
-      out = eqn.outvars[0].aval
-      kernel = eqn.invars[1].aval
-      spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, spatial...) kernel axes
-      per_output = int(np.prod([kernel.shape[d] for d in spec[1:]]))
-      macs += int(np.prod(out.shape)) * per_output
+      macs += _conv_macs(eqn, padding)
     elif name == "dot_general":
       (contract, _), _ = eqn.params["dimension_numbers"]
       lhs = eqn.invars[0].aval
       macs += int(np.prod(eqn.outvars[0].aval.shape)) * int(
         np.prod([lhs.shape[d] for d in contract])
       )
-  return macs
+    elif name in _ELEMENTWISE:
+      elementwise += int(np.prod(eqn.outvars[0].aval.shape))
+    elif name in _REDUCTIONS:
+      elementwise += int(np.prod(eqn.invars[0].aval.shape))
+  return macs, elementwise
 
 
-def count_macs(fn, *args) -> int:
+# What XLA's cost analysis counts as one FLOP per element (HloCostAnalysis); data movement
+# (slices, concatenations, broadcasts, pads) counts nothing.
+_ELEMENTWISE = frozenset(
+  "add sub mul div max min neg abs exp log rsqrt sqrt tanh logistic integer_pow pow select_n "
+  "eq ne ge gt le lt convert_element_type".split()
+)
+_REDUCTIONS = frozenset(
+  "reduce_sum reduce_max reduce_min reduce_window_max reduce_window_sum".split()
+)
+
+
+def count_macs(fn, *args, padding: bool = True) -> int:
   """Multiply-accumulates of the convolutions and matmuls `fn(*args)` performs.
 
   Counted from the jaxpr, so the residual and the plain network are measured the same way
   (papers' "FLOPs" usually mean these MACs). Grouped convs count `in / groups` per output.
+  `padding=False` leaves out the kernel taps that fall on zero padding, as XLA's cost analysis
+  does.
   """
-  return _count_macs(jax.make_jaxpr(fn)(*args).jaxpr)
+  return _count(jax.make_jaxpr(fn)(*args).jaxpr, padding)[0]
+
+
+def count_flops(fn, *args) -> int:
+  """FLOPs of `fn(*args)` counted the way XLA's cost analysis counts them: 2 per multiply-add
+  of convs and matmuls, taps on zero padding left out, plus one per element of elementwise ops
+  and reductions (bias, ReLU, BN, pooling). From the jaxpr, without compiling.
+
+    >>> compiled = jax.jit(fn).lower(*args).compile()
+    >>> count_flops(fn, *args) / compiled.cost_analysis()["flops"]   # ~1 (benchmarks check)
+  """
+  macs, elementwise = _count(jax.make_jaxpr(fn)(*args).jaxpr, padding=False)
+  return 2 * macs + elementwise
 
 
 def conversion_sizes(model, size: int, *, in_channels: int = 3, **convert_kwargs):

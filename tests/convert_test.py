@@ -255,7 +255,8 @@ def test_block_without_converter_is_named():
 def test_shortcut_bn_converts_exactly_and_scores_the_reserved_channels(name, keep_bn):
   """A BN on the identity shortcut (sparsity training, Sec. 4.2): negative and zero scales
   included, the plain network is exact, and in the fine-tuning form the reserved channels' BN
-  scale is |scale / sigma| of the shortcut BN — zero where that BN zeroed a channel."""
+  is |scale| x / sigma with the shortcut BN's |scale| and variance — its scale is the one that
+  sparsity training drives to zero."""
   small = {"resnet50": dict(widths=(8, 16), stage_sizes=(2, 1), strides=(1, 2), stem_width=8)}
   small["rmnext26x3_32"] = dict(
     widths=(16, 32), stage_sizes=(2, 1), strides=(1, 2), stem_width=16, channels_per_group=8
@@ -270,7 +271,7 @@ def test_shortcut_bn_converts_exactly_and_scores_the_reserved_channels(name, kee
   if keep_bn:
     bn = variables["params"]["layer1_1"]["shortcut_bn"]
     stats = variables["batch_stats"]["layer1_1"]["shortcut_bn"]
-    importance = np.abs(bn["scale"]) / np.sqrt(stats["var"] + 1e-5)
+    importance = np.abs(bn["scale"])
     # The first reserving BN of block layer1_1, after those of layer1_0: a basic block has one
     # (conv1), a three-conv block two (conv1 and the middle conv).
     per_block = 1 if name == "resnet20" else 2
@@ -280,6 +281,9 @@ def test_shortcut_bn_converts_exactly_and_scores_the_reserved_channels(name, kee
       if isinstance(layer, plain_layers.BatchNorm) and layer.reserved
     ]
     i = reserving[per_block]
-    scale = plain_vars["params"][f"layers_{i}"]["scale"][-plain.layers[i].reserved :]
-    np.testing.assert_allclose(scale / np.sqrt(1 + 1e-5), importance, rtol=1e-5, atol=1e-7)
+    reserved = plain.layers[i].reserved
+    scale = plain_vars["params"][f"layers_{i}"]["scale"][-reserved:]
+    np.testing.assert_allclose(scale, importance, rtol=1e-6, atol=0)
+    var = plain_vars["batch_stats"][f"layers_{i}"]["var"][-reserved:]
+    np.testing.assert_allclose(var, stats["var"], rtol=1e-6, atol=0)
     assert (importance == 0).any()

@@ -23,6 +23,13 @@ class DiracTest(chex.TestCase):
     x = jax.random.normal(jax.random.key(0), (1, 5, 5, 8))
     chex.assert_trees_all_close(conv(x, kernel, groups=4), x, atol=0)
 
+  @parameterized.parameters((768, 1), (1024, 2))
+  def test_large_dirac_under_jit_is_the_same_kernel(self, channels, groups):
+    # Above 2**21 elements jit builds it from iotas rather than embedding a constant.
+    eager = dirac_kernel(channels, 3, groups=groups)
+    assert eager.size > 2**21
+    chex.assert_trees_all_equal(jax.jit(lambda: dirac_kernel(channels, 3, groups=groups))(), eager)
+
   def test_dirac_rejects_bad_groups(self):
     with pytest.raises(ValueError, match="divisible by groups"):
       dirac_kernel(6, 3, groups=4)

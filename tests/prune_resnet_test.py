@@ -31,13 +31,14 @@ def network(name: str, shortcut_bn: bool = True):
   return model, random_variables(model, x, seed=5), x
 
 
-def zero_inner(variables, zeros):
-  """BN scale and bias 0 for `{(block, bn): [channels]}`: those channels are exactly 0 after
-  the ReLU, so removing them must not change the logits."""
+def zero_inner(variables, zeros, bias=0.0):
+  """BN scale 0 and bias `bias` for `{(block, bn): [channels]}`: those channels are constant
+  after the ReLU (0 for bias <= 0), so removing them must not change the logits (a non-zero
+  constant folded into the next BN; exact where that conv is 1x1)."""
   params = jax.tree.map(np.array, variables["params"])
   for (block, bn), channels in zeros.items():
-    for name in ("scale", "bias"):
-      params[block][bn][name][channels] = 0.0
+    params[block][bn]["scale"][channels] = 0.0
+    params[block][bn]["bias"][channels] = bias
   return {**variables, "params": params}
 
 
@@ -84,6 +85,10 @@ def test_zeroed_inner_channels_are_removed_exactly(name, zeros, widths):
   assert report["params_after"] < report["params_before"]
 
 
+def unstructured(layers):
+  return [layer.unstructured() if hasattr(layer, "unstructured") else layer for layer in layers]
+
+
 @pytest.mark.parametrize("name", NETWORKS)
 def test_rm_form_of_the_slimmed_resnet_is_inner_only_pruning(name):
   """Both roads to the baseline meet: RM(prune_resnet(net)) == prune(RM(net), inner_only)."""
@@ -91,14 +96,30 @@ def test_rm_form_of_the_slimmed_resnet_is_inner_only_pruning(name):
   threshold = 0.7  # random |scales| lie in [0.3, 1.2]: about a third of each layer goes
   slim, slim_vars, report = transforms.prune_resnet(model, variables, threshold)
   assert 0.2 < 1 - report["params_after"] / report["params_before"] < 0.9
-  plain, plain_vars = transforms.rm_convert(model, variables, keep_bn=True)
+  # A bottleneck's 3x3 conv carries the reserved channels densely: prune skips convs that
+  # feed grouped ones, and the ResNet's conv1 feeds a dense conv2.
+  convert = functools.partial(transforms.rm_convert, keep_bn=True, dense_reserve=True)
+  plain, plain_vars = convert(model, variables)
   want, want_vars, _ = transforms.prune(plain, plain_vars, threshold, inner_only=True)
-  got, got_vars = transforms.rm_convert(slim, slim_vars, keep_bn=True)
-  assert got.layers == want.layers
+  got, got_vars = convert(slim, slim_vars)
+  # The same layers; `prune` does not keep the record of Dirac rows (structured execution).
+  assert unstructured(got.layers) == unstructured(want.layers)
   chex.assert_trees_all_close(got_vars, want_vars, atol=1e-6, rtol=1e-6)
   chex.assert_trees_all_close(
     eval_logits(got, got_vars, x), eval_logits(slim, slim_vars, x), atol=1e-5, rtol=0
   )
+
+
+def test_a_flat_channel_before_a_1x1_conv_is_folded_exactly():
+  model, variables, x = network("bottleneck")
+  flat = zero_inner(variables, {("layer2_0", "bn2"): [1, 5], ("layer2_1", "bn2"): [0]}, bias=0.6)
+  want = eval_logits(model, flat, x)
+  slim, slim_vars, report = transforms.prune_resnet(model, flat, threshold=1e-6)
+  assert slim.inner_widths == ((4, 4), (8, 6), (8, 7))
+  assert sum(e["folded"] for e in report["blocks"]) == 3
+  chex.assert_trees_all_close(eval_logits(slim, slim_vars, x), want, atol=1e-5, rtol=0)
+  vanilla, vanilla_vars, _ = transforms.prune_resnet(model, flat, 1e-6, fold_constants=False)
+  assert float(jnp.abs(eval_logits(vanilla, vanilla_vars, x) - want).max()) > 1e-3
 
 
 def test_a_conv_never_loses_every_channel():

@@ -100,18 +100,23 @@ def test_threshold_zero_changes_nothing():
 def test_resnet_zeroed_channels_are_removed_exactly():
   plain, plain_vars, _ = converted("resnet")
   snapshot = jax.tree.map(np.array, plain_vars)
-  # BN 4 and BN 16 carry reserved channels (RM, Eq. 3) at their ends; BN 19 feeds the Dense.
+  # BN 4 and BN 16 carry reserved channels (RM, Eq. 3) at their ends. Conv 6 merges layer1_0's
+  # identity shortcut (its output j adds BN 4's reserved channel 8 + j); conv 18 merges
+  # layer3_0's projection, and its BN 19 feeds the Dense.
   assert (plain.layers[4].reserved, plain.layers[16].reserved) == (8, 16)
-  zeros = {1: [1, 5], 4: [2, 12, 15], 16: [0, 20, 31], 19: [3, 7]}
+  assert plain.layers[6].merged_identity and not plain.layers[18].merged_identity
+  zeros = {1: [1, 5], 4: [2, 10, 12, 14, 15], 7: [2, 3, 6], 16: [0, 20, 31], 19: [3, 7]}
   _, pruned, report = prune_zeroed("resnet", zeros)
-  assert removed(report) == {0: [1, 5], 3: [2, 12, 15], 15: [0, 20, 31], 18: [3, 7]}
-  assert changed(plain, pruned) == {0, 1, 3, 4, 6, 15, 16, 18, 19, 22}
+  # A merged output goes only with its shortcut: 2 and 6 (reserved 10 and 14 zeroed too), not
+  # 3, whose shortcut (reserved 11) carries the block input; the projection's outputs stay.
+  assert removed(report) == {0: [1, 5], 3: [2, 10, 12, 14, 15], 6: [2, 6], 15: [0, 20, 31]}
+  assert changed(plain, pruned) == {0, 1, 3, 4, 6, 7, 9, 15, 16, 18}
   layers = pruned.layers
   assert (layers[0].out_features, layers[3].in_features) == (6, 6)
-  assert layers[4] == plain_layers.BatchNorm(13, reserved=6)  # 2 of the 8 reserved went
+  assert layers[4] == plain_layers.BatchNorm(11, reserved=4)  # 4 of the 8 reserved went
+  assert (layers[6].in_features, layers[6].out_features, layers[9].in_features) == (11, 6, 6)
   assert layers[16] == plain_layers.BatchNorm(29, reserved=14)
-  assert (layers[18].in_features, layers[18].out_features) == (29, 14)
-  assert layers[22] == plain_layers.Dense(14, 10)
+  assert (layers[18].in_features, layers[18].out_features) == (29, 16)
   assert report["skipped"] == []
   chex.assert_trees_all_equal(jax.tree.map(np.array, plain_vars), snapshot)  # not mutated
 
@@ -147,26 +152,31 @@ def test_rmnext_grouped_convs_are_skipped_the_rest_pruned():
   # BN 3 feeds the grouped conv 5: its zeroed channel stays.
   zeros = {3: [0], 9: [1, 4], 33: [10, 90], 36: [0]}
   _, pruned, report = prune_zeroed("rmnext", zeros)
-  assert removed(report) == {8: [1, 4], 32: [10, 90], 35: [0]}
+  # Convs 8 and 35 merge projection shortcuts (every block here changes width or stride):
+  # their zeroed BN channels still carry the shortcut, so they stay.
+  assert (plain.layers[8].merged, plain.layers[8].merged_identity) == (64, False)
+  assert removed(report) == {32: [10, 90]}
   skipped = {s["layer"]: s["reason"] for s in report["skipped"]}
   assert sorted(skipped) == [0, 2, 5, 11, 14, 20, 23]
   assert "no BatchNorm" in skipped[0]  # the RepVGG stem is one biased conv even with keep_bn
   assert all("grouped conv" in skipped[i] for i in (2, 5, 11, 14, 20, 23))
   assert {e["layer"] for e in report["layers"]} == {8, 17, 26, 29, 32, 35}
-  # Each pruned conv, its BN and its consumer change; the grouped convs do not.
-  assert changed(plain, pruned) == {8, 9, 11, 32, 33, 35, 36, 39}
-  assert pruned.layers[9].features == 14 and pruned.layers[11].in_features == 14
+  # The pruned conv, its BN and its consumer change; the grouped convs do not.
+  assert changed(plain, pruned) == {32, 33, 35}
+  assert pruned.layers[33].features == 94 and pruned.layers[35].in_features == 94
 
 
 def test_a_layer_never_loses_every_channel():
   plain, plain_vars, x = converted("resnet")
   pruned, pruned_vars, report = transforms.prune(plain, plain_vars, threshold=1e9)
   assert len(report["layers"]) == 7  # every conv of this ResNet
-  assert all(e["channels_after"] == 1 for e in report["layers"])
+  # All but the convs that merge a projection shortcut, whose outputs stay (see prune).
+  kept = {12: 16, 18: 16}
+  assert all(e["channels_after"] == kept.get(e["layer"], 1) for e in report["layers"])
   # The survivor is the channel with the largest |scale|.
   scale = np.abs(np.asarray(plain_vars["params"]["layers_1"]["scale"]))
   assert report["layers"][0]["removed"] == sorted(set(range(8)) - {int(scale.argmax())})
-  assert pruned.layers[22] == plain_layers.Dense(1, 10)
+  assert pruned.layers[22] == plain_layers.Dense(16, 10)
   assert np.isfinite(np.asarray(eval_logits(pruned, pruned_vars, x))).all()
 
 
@@ -194,13 +204,13 @@ def run_cli(*args):
 
 def test_cli_prunes_a_plain_directory(tmp_path):
   plain, plain_vars, _ = converted("resnet")
-  zeroed = zero_channels(plain_vars, {1: [1, 5], 19: [3]})
+  zeroed = zero_channels(plain_vars, {1: [1, 5], 4: [11], 7: [3]})
   plain_dir, pruned_dir = str(tmp_path / "plain"), str(tmp_path / "pruned")
   source = {"model": "resnet20", "keep_bn": True}
   plain_io.save_plain(plain_dir, plain, zeroed, input_shape=(32, 32, 3), source=source)
   result = run_cli(plain_dir, pruned_dir, "--threshold=1e-6")
   assert result.returncode == 0, result.stderr[-2000:]
-  assert "8 -> 6" in result.stdout and "16 -> 15" in result.stdout
+  assert "8 -> 6" in result.stdout and "16 -> 15" in result.stdout and "8 -> 7" in result.stdout
   assert f"wrote {pruned_dir}" in result.stdout
   pruned, pruned_vars = plain_io.load_plain(pruned_dir)
   want, want_vars, _ = transforms.prune(plain, zeroed, threshold=1e-6)
@@ -234,3 +244,50 @@ def test_inner_only_is_the_resnet_baseline():
   chex.assert_trees_all_close(
     eval_logits(pruned, pruned_vars, x), eval_logits(plain, zeroed, x), atol=1e-5, rtol=0
   )
+
+
+def flatten_channels(variables, layer, channels, biases):
+  """A copy where BN `layer` has scale 0 and the given biases on `channels`: each of them then
+  outputs a constant, which pruning must fold into the consumer instead of dropping."""
+  params = jax.tree.map(np.array, variables["params"])
+  params[f"layers_{layer}"]["scale"][channels] = 0.0
+  params[f"layers_{layer}"]["bias"][channels] = biases
+  return {**variables, "params": params}
+
+
+def small_plain(*tail):
+  """Conv(3 -> 6) + BN + ReLU, then `tail`: a plain network to prune the first conv of."""
+  head = (
+    plain_layers.Conv(3, 6, 3, padding=1, use_bias=False),
+    plain_layers.BatchNorm(6),
+    plain_layers.ReLU(),
+  )
+  plain = plain_layers.PlainNet(head + tail)
+  x = jax.random.uniform(jax.random.key(2), (2, 8, 8, 3))
+  return plain, random_variables(plain, x, seed=4), x
+
+
+def test_flat_channels_fold_their_constant_into_the_classifier():
+  plain, variables, x = small_plain(plain_layers.GlobalAvgPool(), plain_layers.Dense(6, 4))
+  flat = flatten_channels(variables, 1, [1, 3, 4], [0.8, -0.5, 0.3])
+  want = eval_logits(plain, flat, x)
+  pruned, pruned_vars, report = transforms.prune(plain, flat, threshold=1e-6)
+  assert removed(report) == {0: [1, 3, 4]}
+  assert report["layers"][0]["folded"] == 2  # relu(-0.5) = 0 needs no folding
+  chex.assert_trees_all_close(eval_logits(pruned, pruned_vars, x), want, atol=1e-5, rtol=0)
+  # Vanilla network slimming drops the constants, and the logits move.
+  vanilla, vanilla_vars, _ = transforms.prune(plain, flat, threshold=1e-6, fold_constants=False)
+  assert float(jnp.abs(eval_logits(vanilla, vanilla_vars, x) - want).max()) > 1e-2
+
+
+def test_a_flat_channel_before_a_3x3_conv_is_folded_exactly_away_from_the_border():
+  plain, variables, x = small_plain(
+    plain_layers.Conv(6, 4, 3, padding=1, use_bias=False), plain_layers.BatchNorm(4)
+  )
+  flat = flatten_channels(variables, 1, [1, 4], [0.7, 1.1])
+  pruned, pruned_vars, _ = transforms.prune(plain, flat, threshold=1e-6)
+  assert pruned.layers[0].out_features == pruned.layers[3].in_features == 4
+  want, got = eval_logits(plain, flat, x), eval_logits(pruned, pruned_vars, x)
+  chex.assert_trees_all_close(got[:, 1:-1, 1:-1], want[:, 1:-1, 1:-1], atol=1e-5, rtol=0)
+  # On the border the padding now meets zeros where the constant used to be.
+  assert float(jnp.abs(got - want).max()) > 1e-3

@@ -15,6 +15,11 @@ sequence — and its widths are V1's when every depthwise conv is, after RM, as 
 
   >>> model = mobilenetv2_to_v1(num_classes=10, stem="cifar")
   >>> plain, plain_vars = rmjax.transforms.rm_convert(model, variables)   # == mobilenetv1
+
+Imported weights (`rmjax.interop`) need two fields to compute what their framework computed:
+`bn_epsilon` (PyTorch 1e-5, Keras 1e-3) and `padding` ("torch": k // 2 on every side; "keras":
+TensorFlow's "SAME", i.e. (0, 1) before a stride-2 3x3 conv — Keras' `ZeroPadding2D` and its
+stem's `padding="same"` on even sizes).
 """
 
 from __future__ import annotations
@@ -25,9 +30,17 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from rmjax.models.resnet import BlockNetwork, Head, batch_norm, check_stem, conv
+from rmjax.models.resnet import (
+  BN_EPSILON,
+  BN_MOMENTUM,
+  BlockNetwork,
+  Head,
+  check_stem,
+  conv_init,
+)
 
 ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6}
+PADDINGS = ("torch", "keras")
 
 
 def _check_activation(name: str) -> None:
@@ -35,41 +48,118 @@ def _check_activation(name: str) -> None:
     raise ValueError(f"unknown activation {name!r}; expected one of {tuple(ACTIVATIONS)}")
 
 
-def depthwise(features: int, stride: int, name: str) -> nn.Conv:
+def _check_padding(name: str) -> None:
+  if name not in PADDINGS:
+    raise ValueError(f"unknown padding {name!r}; expected one of {PADDINGS}")
+
+
+def conv_padding(kernel_size: int, stride: int, padding: str) -> int | tuple[int, int]:
+  """Zero padding of a conv, per side: an int (symmetric) or `(low, high)`.
+
+  "torch": `kernel_size // 2` everywhere. "keras": TensorFlow's "SAME" on a size the stride
+  divides — `kernel_size - stride` in all, the odd one at the end: (0, 1) for a stride-2 3x3
+  conv (what Keras applies to 224, 96, ... inputs; on odd sizes Keras pads (1, 1) instead).
+  """
+  if padding == "torch":
+    return kernel_size // 2
+  total = max(kernel_size - stride, 0)
+  low, high = total // 2, total - total // 2
+  return low if low == high else (low, high)
+
+
+def conv(
+  features: int,
+  kernel_size: int,
+  stride: int = 1,
+  name: str | None = None,
+  *,
+  groups: int = 1,
+  padding: str = "torch",
+) -> nn.Conv:
+  """A bias-free conv, `groups` groups, padded as `conv_padding` says."""
+  pad = conv_padding(kernel_size, stride, padding)
+  pads = (pad, pad) if isinstance(pad, int) else pad
+  return nn.Conv(
+    features,
+    (kernel_size, kernel_size),
+    strides=(stride, stride),
+    padding=(pads, pads),
+    feature_group_count=groups,
+    use_bias=False,
+    kernel_init=conv_init,
+    name=name,
+  )
+
+
+def batch_norm(train: bool, name: str, epsilon: float = BN_EPSILON) -> nn.BatchNorm:
+  return nn.BatchNorm(
+    use_running_average=not train, momentum=BN_MOMENTUM, epsilon=epsilon, name=name
+  )
+
+
+def depthwise(features: int, stride: int, name: str, padding: str = "torch") -> nn.Conv:
   """A depthwise 3x3 conv: one group per channel."""
-  return conv(features, 3, stride, name, groups=features)
+  return conv(features, 3, stride, name, groups=features, padding=padding)
 
 
 class MobileBlock(nn.Module):
-  """Fields shared by the MobileNet blocks: widths in and out, stride, activation name."""
+  """Fields shared by the MobileNet blocks: widths in and out, stride, activation name, BN
+  epsilon and padding convention (see `conv_padding`)."""
 
   in_features: int
   features: int
   strides: int = 1
   activation: str = "relu"
+  bn_epsilon: float = BN_EPSILON
+  padding: str = "torch"
+
+  def __post_init__(self):
+    _check_activation(self.activation)
+    _check_padding(self.padding)
+    super().__post_init__()
 
   @property
   def out_features(self) -> int:
     return self.features
 
+  def bn(self, train: bool, name: str) -> nn.BatchNorm:
+    return batch_norm(train, name, self.bn_epsilon)
+
 
 class ConvBN(MobileBlock):
-  """A k x k conv (padding k // 2) + BN + activation."""
+  """A k x k conv (padded as `padding` says) + BN + activation."""
 
   kernel_size: int = 3
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = conv(self.features, self.kernel_size, self.strides, name="conv")(x)
-    return ACTIVATIONS[self.activation](batch_norm(train, "bn")(x))
+    x = conv(self.features, self.kernel_size, self.strides, name="conv", padding=self.padding)(x)
+    return ACTIVATIONS[self.activation](self.bn(train, "bn")(x))
 
 
-def stem_block(features: int, stem: str, activation: str) -> ConvBN:
+def stem_block(
+  features: int,
+  stem: str,
+  activation: str,
+  *,
+  bn_epsilon: float = BN_EPSILON,
+  padding: str = "torch",
+) -> ConvBN:
   """The MobileNets' stem: a 3x3 ConvBN, stride 1 for `stem="cifar"`, 2 for `"imagenet"`."""
   check_stem(stem)
   _check_activation(activation)
   stride = 1 if stem == "cifar" else 2
-  return ConvBN(3, features, stride, activation, kernel_size=3, parent=None, name="stem")
+  return ConvBN(
+    3,
+    features,
+    stride,
+    activation,
+    bn_epsilon,
+    padding,
+    kernel_size=3,
+    parent=None,
+    name="stem",
+  )
 
 
 class DepthwiseSeparable(MobileBlock):
@@ -78,10 +168,9 @@ class DepthwiseSeparable(MobileBlock):
   @nn.compact
   def __call__(self, x, train: bool = False):
     act = ACTIVATIONS[self.activation]
-    x = act(
-      batch_norm(train, "depthwise_bn")(depthwise(self.in_features, self.strides, "depthwise")(x))
-    )
-    return act(batch_norm(train, "pointwise_bn")(conv(self.features, 1, name="pointwise")(x)))
+    x = depthwise(self.in_features, self.strides, "depthwise", self.padding)(x)
+    x = act(self.bn(train, "depthwise_bn")(x))
+    return act(self.bn(train, "pointwise_bn")(conv(self.features, 1, name="pointwise")(x)))
 
 
 class InvertedResidual(MobileBlock):
@@ -109,7 +198,6 @@ class InvertedResidual(MobileBlock):
     return self.hidden_features or self.in_features
 
   def __post_init__(self):
-    _check_activation(self.activation)
     if self.shortcut_features is not None and self.shortcut_features:
       limit = min(self.in_features, self.features)
       if self.strides != 1 or not 0 < self.shortcut_features <= limit:
@@ -125,10 +213,10 @@ class InvertedResidual(MobileBlock):
     act = ACTIVATIONS[self.activation]
     y = x
     if self.hidden_features:
-      y = act(batch_norm(train, "expand_bn")(conv(self.hidden_features, 1, name="expand")(y)))
-    y = depthwise(self.depthwise_features, self.strides, "depthwise")(y)
-    y = act(batch_norm(train, "depthwise_bn")(y))
-    y = batch_norm(train, "project_bn")(conv(self.features, 1, name="project")(y))
+      y = act(self.bn(train, "expand_bn")(conv(self.hidden_features, 1, name="expand")(y)))
+    y = depthwise(self.depthwise_features, self.strides, "depthwise", self.padding)(y)
+    y = act(self.bn(train, "depthwise_bn")(y))
+    y = self.bn(train, "project_bn")(conv(self.features, 1, name="project")(y))
     s = self.shortcut
     if s == self.features:
       return y + x
@@ -152,6 +240,8 @@ class MobileNetV2(BlockNetwork):
 
   `stem="cifar"` gives the stem stride 1 (32x32 inputs), `"imagenet"` stride 2. Build the
   standard network with `mobilenetv2(...)` and the paper's with `mobilenetv2_to_v1(...)`.
+  `bn_epsilon` and `padding` (see `conv_padding`) let it compute what a PyTorch- or a
+  Keras-trained MobileNetV2 computes (`rmjax.interop`).
   """
 
   blocks: Sequence[BlockSpec]
@@ -160,10 +250,14 @@ class MobileNetV2(BlockNetwork):
   num_classes: int = 1000
   stem: str = "imagenet"
   activation: str = "relu6"
+  bn_epsilon: float = BN_EPSILON
+  padding: str = "torch"
 
   def layout(self) -> tuple[nn.Module, ...]:
-    act = self.activation
-    parts: list[nn.Module] = [stem_block(self.stem_features, self.stem, act)]
+    act, eps, pad = self.activation, self.bn_epsilon, self.padding
+    parts: list[nn.Module] = [
+      stem_block(self.stem_features, self.stem, act, bn_epsilon=eps, padding=pad)
+    ]
     width = self.stem_features
     for i, b in enumerate(self.blocks):
       parts.append(
@@ -172,6 +266,8 @@ class MobileNetV2(BlockNetwork):
           b.out,
           b.stride,
           act,
+          eps,
+          pad,
           hidden_features=b.hidden,
           shortcut_features=b.shortcut,
           parent=None,
@@ -179,7 +275,10 @@ class MobileNetV2(BlockNetwork):
         )
       )
       width = b.out
-    parts.append(ConvBN(width, self.last_features, 1, act, kernel_size=1, parent=None, name="last"))
+    last = ConvBN(
+      width, self.last_features, 1, act, eps, pad, kernel_size=1, parent=None, name="last"
+    )
+    parts.append(last)
     parts.append(Head(self.num_classes, parent=None, name="head"))
     return tuple(parts)
 
@@ -209,8 +308,14 @@ def mobilenetv2(
   num_classes: int = 1000,
   stem: str = "imagenet",
   activation: str = "relu6",
+  bn_epsilon: float = BN_EPSILON,
+  padding: str = "torch",
 ) -> MobileNetV2:
-  """The standard MobileNetV2 with width multiplier `width` (3.4M parameters at 1.0)."""
+  """The standard MobileNetV2 with width multiplier `width` (3.4M parameters at 1.0).
+
+  torchvision's `mobilenet_v2(width_mult=width)` is the default; Keras'
+  `MobileNetV2(alpha=width)` is `bn_epsilon=1e-3, padding="keras"`.
+  """
   blocks, in_features = [], make_divisible(32 * width)
   for t, c, n, s in MOBILENETV2_SETTING:
     out = make_divisible(c * width)
@@ -224,7 +329,37 @@ def mobilenetv2(
     num_classes=num_classes,
     stem=stem,
     activation=activation,
+    bn_epsilon=bn_epsilon,
+    padding=padding,
   )
+
+
+def mobilenetv2_from_widths(
+  stem_features: int,
+  blocks: Sequence[tuple[int, int]],
+  last_features: int,
+  **kwargs,
+) -> MobileNetV2:
+  """A MobileNetV2 with Sandler et al.'s strides and the given widths: `blocks` holds each of
+  the 17 blocks' `(hidden, out)` (hidden 0: no expanding conv), e.g. read off a weight file.
+  Equal to `mobilenetv2(width=w, **kwargs)` for the `w` that gives these widths.
+  """
+  strides = [s if i == 0 else 1 for _, _, n, s in MOBILENETV2_SETTING for i in range(n)]
+  if len(blocks) != len(strides):
+    raise ValueError(f"MobileNetV2 has {len(strides)} blocks, got widths for {len(blocks)}")
+  specs = tuple(BlockSpec(h, o, s) for (h, o), s in zip(blocks, strides, strict=True))
+  return MobileNetV2(specs, stem_features=stem_features, last_features=last_features, **kwargs)
+
+
+def mobilenetv2_width(model: MobileNetV2) -> float | None:
+  """The published width multiplier (0.35 ... 1.4) whose `mobilenetv2` has `model`'s widths,
+  or None."""
+  for width in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4):
+    ref = mobilenetv2(width=width)
+    widths = (ref.blocks, ref.stem_features, ref.last_features)
+    if widths == (tuple(model.blocks), model.stem_features, model.last_features):
+      return width
+  return None
 
 
 # Howard et al., Table 1: (depthwise width, its stride, pointwise output width) per block.

@@ -17,6 +17,7 @@ Variables follow Flax conventions; the layer at index i owns the collection entr
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import flax.linen as nn
 import jax
@@ -29,24 +30,68 @@ def _pair(v: int) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Conv:
-  """A 2-D convolution with symmetric zero padding; kernel HWIO `(k, k, in // groups, out)`."""
+  """A 2-D convolution with zero padding; kernel HWIO `(k, k, in // groups, out)`.
+
+  `padding`: `p` pads every side by p (PyTorch); `(low, high)` pads top and left by `low`,
+  bottom and right by `high` — `(0, 1)` is TensorFlow's "SAME" for a stride-2 3x3 conv on an
+  even size, which Keras-trained networks need. A symmetric pair is stored as its int.
+
+  The RM converters also record where the kernel is Dirac structure rather than learned
+  weights, so that `PlainNet.apply(..., structured=True)` can skip its zeros
+  (`rmjax.models.structured`); dense execution ignores these fields:
+
+  - `reserved`: the last `reserved` output channels copy input channels through the centre tap
+    alone (a Dirac kernel, Eq. 2, scaled per channel): the first `reserved` inputs (a reserving
+    conv, Sec. 4.1) or, with `carried`, the last ones, which then feed no other output (a middle
+    conv carrying reserved channels as Dirac groups, or block-diagonally).
+  - `merged`: the last `merged` input channels reach the outputs through the centre tap only, a
+    1x1 conv at this conv's stride (the shortcut merged by Eq. 4, Appendix A.1 (b)); with
+    `merged_identity`, input `in - merged + j` reaches output `j` only (an identity shortcut).
+
+  Training a plain network fills those zeros in: `unstructured()` forgets the record.
+  """
 
   in_features: int
   out_features: int
   kernel_size: int
   stride: int = 1
-  padding: int = 0
+  padding: int | tuple[int, int] = 0
   groups: int = 1
   use_bias: bool = True
+  reserved: int = 0
+  carried: bool = False
+  merged: int = 0
+  merged_identity: bool = False
+
+  def __post_init__(self):
+    # plain.json gives lists; normalising keeps equal layers equal (and old files valid).
+    p = self.padding
+    low, high = (p, p) if isinstance(p, numbers.Integral) else p
+    low, high = int(low), int(high)
+    object.__setattr__(self, "padding", low if low == high else (low, high))
+
+  @property
+  def pads(self) -> tuple[int, int]:
+    """`(low, high)` padding of each spatial axis."""
+    p = self.padding
+    return (p, p) if isinstance(p, int) else p
+
+  @property
+  def structured(self) -> bool:
+    """Whether the converters recorded Dirac structure in this conv's kernel."""
+    return bool(self.reserved or self.merged)
+
+  def unstructured(self) -> Conv:
+    """This conv without a record of Dirac structure (for a kernel that no longer has it)."""
+    return dataclasses.replace(self, reserved=0, carried=False, merged=0, merged_identity=False)
 
   def __call__(self, x, *, train: bool, name: str):
     del train
-    p = self.padding
     return nn.Conv(
       self.out_features,
       (self.kernel_size, self.kernel_size),
       strides=(self.stride, self.stride),
-      padding=((p, p), (p, p)),
+      padding=(self.pads, self.pads),
       feature_group_count=self.groups,
       use_bias=self.use_bias,
       name=name,
@@ -55,7 +100,9 @@ class Conv:
   def __str__(self):
     s = f"Conv({self.in_features}, {self.out_features}, kernel_size={_pair(self.kernel_size)}"
     s += f", stride={_pair(self.stride)}"
-    if self.padding:
+    if isinstance(self.padding, tuple):
+      s += f", padding=({self.pads}, {self.pads})"
+    elif self.padding:
       s += f", padding={_pair(self.padding)}"
     if self.groups != 1:
       s += f", groups={self.groups}"
@@ -119,8 +166,10 @@ class _PReLU(nn.Module):
     y = jnp.where(x >= 0, x, slope * x)
     if self.max_value is None or self.clipped == 0:
       return y
-    clipped = jnp.minimum(y[..., : self.clipped], self.max_value)
-    return jnp.concatenate([clipped, y[..., self.clipped :]], axis=-1)
+    # A channel mask, not slices: slicing a batch-polymorphic array (jax.export, jax2tf) lowers
+    # to a gather that TFLite cannot convert.
+    clip = jnp.arange(self.features) < self.clipped
+    return jnp.where(clip, jnp.minimum(y, self.max_value), y)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,9 +253,17 @@ class PlainNet(nn.Module):
   layers: tuple[Layer, ...]
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, *, structured: bool = False):
+    """`structured=True` runs the convs with recorded Dirac structure as conv + copies + adds
+    (`rmjax.models.structured`): the same function without multiplying the zeros."""
     for i, layer in enumerate(self.layers):
-      x = layer(x, train=train, name=f"layers_{i}")
+      if structured and isinstance(layer, Conv) and layer.structured:
+        # Deferred: structured.py builds on these layer specs.
+        from rmjax.models.structured import StructuredConv
+
+        x = StructuredConv(layer, name=f"layers_{i}")(x)
+      else:
+        x = layer(x, train=train, name=f"layers_{i}")
     return x
 
   def summary(self) -> str:

@@ -84,8 +84,20 @@ def conv_layer(variables, conv: str, bn: str, options: Options, *, epsilon: floa
   return {"kernel": kernel, "bias": bias}
 
 
-def emit_conv(layer, *, stride: int, padding: int, groups: int = 1, epsilon: float = 1e-5):
-  """Plain layers for an RM conv layer dict: Conv with bias, or Conv without bias + BatchNorm."""
+def emit_conv(
+  layer,
+  *,
+  stride: int,
+  padding: int | tuple[int, int],
+  groups: int = 1,
+  epsilon: float = 1e-5,
+  **structure,
+):
+  """Plain layers for an RM conv layer dict: Conv with bias, or Conv without bias + BatchNorm.
+
+  `structure`: where the kernel is Dirac structure (`Conv.reserved`, `carried`, `merged`,
+  `merged_identity`), recorded for structured execution (`rmjax.models.structured`).
+  """
   kernel = layer["kernel"]
   spec = Conv(
     in_features=kernel.shape[2] * groups,
@@ -95,6 +107,7 @@ def emit_conv(layer, *, stride: int, padding: int, groups: int = 1, epsilon: flo
     padding=padding,
     groups=groups,
     use_bias="bias" in layer,
+    **structure,
   )
   if "bn" not in layer:
     return [Emitted(spec, {"kernel": kernel, "bias": layer["bias"]})]
@@ -180,8 +193,14 @@ def fold_plain_batchnorm(emitted: list[Emitted]) -> list[Emitted]:
 
 def _plain_emitted(plain: PlainNet, variables) -> list[Emitted]:
   stats = variables.get("batch_stats", {})
+  # A plain network given to rm_convert was fine-tuned or pruned: training fills in the Dirac
+  # zeros its convs record, so that record goes.
   return [
-    Emitted(layer, variables["params"].get(f"layers_{i}"), stats.get(f"layers_{i}"))
+    Emitted(
+      layer.unstructured() if isinstance(layer, Conv) else layer,
+      variables["params"].get(f"layers_{i}"),
+      stats.get(f"layers_{i}"),
+    )
     for i, layer in enumerate(plain.layers)
   ]
 

@@ -9,15 +9,19 @@ and whose reserved channels pass through (slope 1, unclipped).
 After RM, the projecting 1x1 conv of each block meets the next block's expanding 1x1 conv with no
 activation between them; `rm_convert` fuses such pairs (Eq. 5), which is what makes the
 paper's re-designed MobileNetV2 come out as MobileNetV1.
+
+Every block carries its BN epsilon and padding convention (`bn_epsilon`, `padding`: imported
+Keras networks use 1e-3 and TensorFlow's "SAME"); the plain layers copy both. Only stride-1
+depthwise convs carry reserved channels, and those are padded (1, 1) either way, so the Dirac
+kernels need no care about asymmetric padding.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from rmjax.models.mobilenet import ConvBN, DepthwiseSeparable, InvertedResidual
+from rmjax.models.mobilenet import ConvBN, DepthwiseSeparable, InvertedResidual, conv_padding
 from rmjax.models.plain import PReLU, ReLU
-from rmjax.models.resnet import BN_EPSILON
 from rmjax.transforms.convert import (
   Emitted,
   Options,
@@ -27,7 +31,6 @@ from rmjax.transforms.convert import (
 )
 from rmjax.transforms.rm import merge, reserve, reserve_grouped
 
-EPS = BN_EPSILON
 _MAX_VALUE = {"relu": None, "relu6": 6.0}
 
 
@@ -45,8 +48,10 @@ def activation(name: str, features: int, passthrough: int = 0, dtype=jnp.float32
 
 @register_converter(ConvBN)
 def convert_conv_bn(block: ConvBN, variables, options: Options) -> list[Emitted]:
-  layer = conv_layer(variables, "conv", "bn", options, epsilon=EPS)
-  return emit_conv(layer, stride=block.strides, padding=block.kernel_size // 2, epsilon=EPS) + [
+  eps = block.bn_epsilon
+  layer = conv_layer(variables, "conv", "bn", options, epsilon=eps)
+  pad = conv_padding(block.kernel_size, block.strides, block.padding)
+  return emit_conv(layer, stride=block.strides, padding=pad, epsilon=eps) + [
     activation(block.activation, block.features)
   ]
 
@@ -55,13 +60,15 @@ def convert_conv_bn(block: ConvBN, variables, options: Options) -> list[Emitted]
 def convert_depthwise_separable(
   block: DepthwiseSeparable, variables, options: Options
 ) -> list[Emitted]:
-  dw = conv_layer(variables, "depthwise", "depthwise_bn", options, epsilon=EPS)
-  pw = conv_layer(variables, "pointwise", "pointwise_bn", options, epsilon=EPS)
+  eps = block.bn_epsilon
+  dw = conv_layer(variables, "depthwise", "depthwise_bn", options, epsilon=eps)
+  pw = conv_layer(variables, "pointwise", "pointwise_bn", options, epsilon=eps)
   act = activation(block.activation, block.features)
+  pad = conv_padding(3, block.strides, block.padding)
   return (
-    emit_conv(dw, stride=block.strides, padding=1, groups=block.in_features, epsilon=EPS)
+    emit_conv(dw, stride=block.strides, padding=pad, groups=block.in_features, epsilon=eps)
     + [activation(block.activation, block.in_features)]
-    + emit_conv(pw, stride=1, padding=0, epsilon=EPS)
+    + emit_conv(pw, stride=1, padding=0, epsilon=eps)
     + [act]
   )
 
@@ -74,28 +81,34 @@ def convert_inverted_residual(
   (+ S identity input columns, Eq. 4), where S = `block.shortcut` channels are carried."""
   s = block.shortcut
   dw_width = block.depthwise_features
+  eps = block.bn_epsilon
   layers: list[Emitted] = []
   if block.hidden_features:
-    expand = conv_layer(variables, "expand", "expand_bn", options, epsilon=EPS)
+    expand = conv_layer(variables, "expand", "expand_bn", options, epsilon=eps)
     if s:
-      expand = reserve(expand, channels=s, epsilon=EPS)
-    layers += emit_conv(expand, stride=1, padding=0, epsilon=EPS)
+      expand = reserve(expand, channels=s, epsilon=eps)
+    layers += emit_conv(expand, stride=1, padding=0, epsilon=eps, reserved=s)
     layers.append(activation(block.activation, dw_width + s, s))
   elif s:
     raise ValueError(
       f"block {block.name!r} has a shortcut but no expanding 1x1 conv to reserve it in; "
       "RM needs a conv before the depthwise one"
     )
-  dw = conv_layer(variables, "depthwise", "depthwise_bn", options, epsilon=EPS)
+  dw = conv_layer(variables, "depthwise", "depthwise_bn", options, epsilon=eps)
   groups = dw_width
   if s:
-    dw, groups = reserve_grouped(dw, groups=dw_width, channels=s, epsilon=EPS)
-  layers += emit_conv(dw, stride=block.strides, padding=1, groups=groups, epsilon=EPS)
+    dw, groups = reserve_grouped(dw, groups=dw_width, channels=s, epsilon=eps)
+  pad = conv_padding(3, block.strides, block.padding)
+  layers += emit_conv(
+    dw, stride=block.strides, padding=pad, groups=groups, epsilon=eps, reserved=s, carried=s > 0
+  )
   layers.append(activation(block.activation, dw_width + s, s))
-  project = conv_layer(variables, "project", "project_bn", options, epsilon=EPS)
+  project = conv_layer(variables, "project", "project_bn", options, epsilon=eps)
   if s:
     dtype = project["kernel"].dtype
     # The shortcut adds input channel c to output channel c, for c < s.
     eye = jnp.eye(s, block.features, dtype=dtype)[None, None]
-    project = merge(project, eye, jnp.zeros((block.features,), dtype), epsilon=EPS)
-  return layers + emit_conv(project, stride=1, padding=0, epsilon=EPS)
+    project = merge(project, eye, jnp.zeros((block.features,), dtype), epsilon=eps)
+  return layers + emit_conv(
+    project, stride=1, padding=0, epsilon=eps, merged=s, merged_identity=s > 0
+  )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -38,6 +37,13 @@ from rmjax.models.plain import (
   ReLU,
 )
 from rmjax.testing import count_params
+from rmjax.transforms.channels import (
+  abs_scales,
+  constant_input_shift,
+  kept_channels,
+  take,
+  without_input_shift,
+)
 
 
 def _depthwise(layer) -> bool:
@@ -127,29 +133,22 @@ def _check(plain: PlainNet, variables) -> None:
     raise ValueError(f"variables do not match the layers: {'; '.join(problems[:8])}")
 
 
-def kept_channels(score: np.ndarray, threshold: float) -> np.ndarray:
-  """Indices of the channels whose score is not below `threshold`, never none: where all are
-  below, the best one stays. NaN scores are kept, as at threshold 0."""
-  keep = np.flatnonzero(~(score < threshold))
-  return keep if keep.size else np.array([int(np.argmax(score))])
-
-
-def abs_scales(scale) -> np.ndarray:
-  """|BN scale| on the host, float64; a clear error under jax.jit (values pick shapes)."""
-  try:
-    return np.abs(np.asarray(scale, np.float64))
-  except jax.errors.TracerArrayConversionError:
-    raise ValueError(
-      "prune chooses the architecture from the BN scales' values, so it cannot run under "
-      "jax.jit; call it on concrete arrays"
-    ) from None
-
-
-def prune(plain: PlainNet, variables, threshold: float, *, inner_only: bool = False):
+def prune(
+  plain: PlainNet,
+  variables,
+  threshold: float,
+  *,
+  inner_only: bool = False,
+  fold_constants: bool = True,
+):
   """Network slimming (Sec. 4.2): removes every channel whose |BN scale| is below `threshold`.
 
   `plain` must be the fine-tuning form (`rm_convert(model, variables, keep_bn=True)`): a dense
-  conv (groups 1) followed by a BatchNorm has its channels ranked by that BN's |scale|. A
+  conv (groups 1) followed by a BatchNorm has its channels ranked by that BN's |scale| —
+  except where the conv merges a shortcut (`Conv.merged`), whose outputs also carry the
+  residual stream: there a channel ranks by the larger of its BN's |scale| and the importance
+  of the reserved channel its identity shortcut adds, and the outputs of a projection merge
+  are kept (train with `shortcut_bn=True` so that the reserved channels are scored). A
   channel that then passes through depthwise convs (MobileNet) is one channel of all of them,
   removed as a whole; its importance is the smallest |scale| among the BNs on its way, as any
   one of them near zero silences it. Removing channel c takes it out of the conv's kernel, the
@@ -167,10 +166,17 @@ def prune(plain: PlainNet, variables, threshold: float, *, inner_only: bool = Fa
   with the largest |scale| (in a depthwise chain: the largest smallest |scale|) stays, so the
   network still computes something from its input.
 
-  Exactness: a removed channel's constant output (its BN bias through the activation) is
-  dropped, as network slimming does. Where that constant is 0 at the consumer — scale 0 and
-  bias 0, or scale 0 and bias <= 0 before a ReLU, in the last BN on the channel's way — the
-  pruned network computes exactly the same function. `threshold=0` changes nothing.
+  What a removed channel still fed its consumer is kept where it can be: a channel whose BN
+  scale is (near) zero outputs a constant — the bias of that BN, through the layers up to the
+  consumer — and with `fold_constants` that constant times the consumer's weights goes into
+  the consumer's bias (or its BN's running mean). Vanilla network slimming drops it, which with
+  trained biases can leave the pruned network at chance before fine-tuning.
+
+  Exactness: where the removed channels' scales are exactly 0, the pruned network computes the
+  same function as the original when the consumer is a 1x1 conv or the classifier, and away
+  from the zero-padded border for a k x k consumer (the padding met zeros where the constant
+  used to be). Without `fold_constants`, only where the constant itself is 0 (scale 0 and bias
+  0, or bias <= 0 before a ReLU). `threshold=0` changes nothing.
 
   Args:
     plain: a PlainNet in the fine-tuning form.
@@ -180,13 +186,16 @@ def prune(plain: PlainNet, variables, threshold: float, *, inner_only: bool = Fa
       residual connections in place: the block-inner channels, i.e. the non-reserved channels
       of convs whose BN has reserved channels. The reserved copies (the shortcut) and every
       block output keep their width. The result is exactly the RM form of the pruned ResNet.
+    fold_constants: fold the removed channels' constant outputs into their consumers (above);
+      False: drop them, as vanilla network slimming does.
 
   Returns:
     `(pruned_plain, pruned_variables, report)`. `report` is a JSON-serialisable dict: the
     threshold; `layers`, one entry per prunable conv, also those that keep every channel
     (`layer`, its `bn`, `depthwise` convs, `consumer`, `channels_before`, `channels_after`,
-    `removed` channel indices); `skipped`, `{"layer", "reason"}` per conv not pruned;
-    `params_before`, `params_after`.
+    `removed` channel indices, `folded`: how many of them fed a non-zero constant into the
+    consumer); `skipped`, `{"layer", "reason"}` per conv not pruned; `params_before`,
+    `params_after`.
 
   Raises:
     ValueError: a negative threshold, a deploy-form network (convert with keep_bn=True), or
@@ -203,6 +212,8 @@ def prune(plain: PlainNet, variables, threshold: float, *, inner_only: bool = Fa
   layers = plain.layers
   out_keep: dict[int, np.ndarray] = {}  # layer -> kept output (= channel-axis) indices
   in_keep: dict[int, np.ndarray] = {}  # consumer -> kept input indices
+  shifts: dict[int, np.ndarray] = {}  # consumer -> what its removed inputs added to its outputs
+  scores: dict[int, np.ndarray] = {}  # consumer -> the importance of its input channels
   entries, skipped = [], []
   for i, layer in enumerate(layers):
     if not isinstance(layer, Conv) or _depthwise(layer):
@@ -217,6 +228,9 @@ def prune(plain: PlainNet, variables, threshold: float, *, inner_only: bool = Fa
       continue
     bns = [j for j in group.members if isinstance(layers[j], BatchNorm)]
     score = np.min([abs_scales(variables["params"][f"layers_{j}"]["scale"]) for j in bns], axis=0)
+    if layer.merged:
+      score = _with_shortcut(layer, score, scores.get(i))
+    scores[group.consumer] = score
     if inner_only:
       reserved = layers[bns[0]].reserved
       if not reserved:
@@ -226,6 +240,14 @@ def prune(plain: PlainNet, variables, threshold: float, *, inner_only: bool = Fa
       score[-reserved:] = np.inf  # the shortcut's copies: a ResNet cannot narrow them
     keep = kept_channels(score, threshold)
     n = layer.out_features
+    removed = np.setdiff1d(np.arange(n), keep)
+    folded = 0
+    if fold_constants and removed.size:
+      values = _constant_outputs(layers, variables, group, bns, removed)
+      folded = int(np.count_nonzero(values))
+      if folded:
+        kernel = variables["params"][f"layers_{group.consumer}"]["kernel"]
+        shifts[group.consumer] = constant_input_shift(kernel, removed, values)
     entries.append(
       {
         "layer": i,
@@ -234,14 +256,15 @@ def prune(plain: PlainNet, variables, threshold: float, *, inner_only: bool = Fa
         "consumer": group.consumer,
         "channels_before": n,
         "channels_after": int(keep.size),
-        "removed": [int(c) for c in np.setdiff1d(np.arange(n), keep)],
+        "removed": [int(c) for c in removed],
+        "folded": folded,
       }
     )
     if keep.size < n:
       for j in (i, *group.members):
         out_keep[j] = keep
       in_keep[group.consumer] = keep
-  new_layers, params, stats = _apply(plain, variables, out_keep, in_keep)
+  new_layers, params, stats = _apply(plain, _shifted(layers, variables, shifts), out_keep, in_keep)
   pruned_vars = {**variables, "params": params}
   if "batch_stats" in variables:
     pruned_vars["batch_stats"] = stats
@@ -255,10 +278,68 @@ def prune(plain: PlainNet, variables, threshold: float, *, inner_only: bool = Fa
   return PlainNet(new_layers), pruned_vars, report
 
 
-def take(a, indices, axis=0):
-  # On the host: the indices are concrete anyway, and jnp.take would compile one XLA program
-  # per shape, seconds for a deep network on CPU.
-  return jnp.asarray(np.take(np.asarray(a), indices, axis=axis))
+def _with_shortcut(conv: Conv, score: np.ndarray, inputs: np.ndarray | None) -> np.ndarray:
+  """The importance of a merging conv's outputs: they carry the shortcut too (Eq. 4), so a
+  channel whose branch BN is near zero may still pass the residual stream. With an identity
+  shortcut, output j adds input `in - merged + j`, a reserved channel whose importance its own
+  BN gives (with `shortcut_bn`, the shortcut BN's scale): the channel goes only when both are
+  small. A projection mixes every shortcut input into every output: those outputs stay."""
+  if not conv.merged_identity or inputs is None:
+    return np.full_like(score, np.inf)
+  score = score.copy()
+  score[: conv.merged] = np.maximum(score[: conv.merged], inputs[-conv.merged :])
+  return score
+
+
+def _constant_outputs(layers, variables, group: _Group, bns, removed) -> np.ndarray:
+  """Per removed channel, the constant it feeds the consumer: its output with the BN of the
+  smallest |scale| on its way taken as constant (its bias; exact at scale 0), then passed
+  through the layers after that BN up to the consumer."""
+  params, stats = variables["params"], variables.get("batch_stats", {})
+  scales = np.stack([abs_scales(params[f"layers_{j}"]["scale"])[removed] for j in bns])
+  start = np.asarray(bns)[np.argmin(scales, axis=0)]  # per removed channel: where it goes flat
+  values = np.zeros(removed.size)
+  for j in range(group.source + 1, group.consumer):
+    layer, p = layers[j], params.get(f"layers_{j}", {})
+    if isinstance(layer, BatchNorm):
+      bias = np.asarray(p["bias"], np.float64)[removed]
+      s = stats[f"layers_{j}"]
+      sigma = np.sqrt(np.asarray(s["var"], np.float64)[removed] + layer.epsilon)
+      mean = np.asarray(s["mean"], np.float64)[removed]
+      affine = np.asarray(p["scale"], np.float64)[removed] * (values - mean) / sigma + bias
+      values = np.where(start == j, bias, np.where(start < j, affine, values))
+    elif isinstance(layer, ReLU):
+      values = np.maximum(values, 0.0)
+      if layer.max_value is not None:
+        values = np.minimum(values, layer.max_value)
+    elif isinstance(layer, PReLU):
+      slope = np.asarray(p["slope"], np.float64)[removed]
+      values = np.where(values >= 0, values, slope * values)
+      if layer.max_value is not None:
+        values = np.where(removed < layer.clipped, np.minimum(values, layer.max_value), values)
+    elif _depthwise(layer):  # channel c times the sum of its taps (interior), plus its bias
+      taps = np.asarray(p["kernel"], np.float64).sum(axis=(0, 1))[0, removed]
+      values = values * taps + (np.asarray(p["bias"], np.float64)[removed] if "bias" in p else 0)
+    # MaxPool and GlobalAvgPool leave a constant as it is.
+  return values
+
+
+def _shifted(layers, variables, shifts):
+  """`variables` with each consumer's output shift added: to its bias, or (conv + BN) to the
+  BN's input by lowering its running mean. Dense consumers always have a bias."""
+  if not shifts:
+    return variables
+  params = dict(variables["params"])
+  stats = dict(variables.get("batch_stats", {}))
+  for i, shift in shifts.items():
+    layer, name = layers[i], f"layers_{i}"
+    if isinstance(layer, Dense) or layer.use_bias:
+      p = dict(params[name])
+      p["bias"] = jnp.asarray(np.asarray(p["bias"], np.float64) + shift, p["bias"].dtype)
+      params[name] = p
+    elif i + 1 < len(layers) and isinstance(layers[i + 1], BatchNorm):
+      stats[f"layers_{i + 1}"] = without_input_shift(stats[f"layers_{i + 1}"], shift)
+  return {**variables, "params": params, "batch_stats": stats}
 
 
 def _apply(plain: PlainNet, variables, out_keep, in_keep):
@@ -274,6 +355,8 @@ def _apply(plain: PlainNet, variables, out_keep, in_keep):
       continue
     p = dict(params[name])
     if isinstance(layer, Conv):
+      # Dropped channels move the Dirac entries the spec records (structured execution).
+      layer = layer.unstructured()
       if inp is not None:
         p["kernel"] = take(p["kernel"], inp, axis=2)
         layer = dataclasses.replace(layer, in_features=int(inp.size))

@@ -16,13 +16,21 @@ so it does not run under `jax.jit`.
 
 from __future__ import annotations
 
+import numpy as np
+
 from rmjax.models.resnet import BasicBlock, Bottleneck, ResNet
 from rmjax.testing import count_params
+from rmjax.transforms.channels import (
+  abs_scales,
+  constant_input_shift,
+  kept_channels,
+  take,
+  without_input_shift,
+)
 from rmjax.transforms.convert import check_variables
-from rmjax.transforms.prune import abs_scales, kept_channels, take
 
 
-def prune_resnet(model: ResNet, variables, threshold: float):
+def prune_resnet(model: ResNet, variables, threshold: float, *, fold_constants: bool = True):
   """Removes every block-inner channel whose |BN scale| is below `threshold`.
 
   Inner conv k of a block (`conv{k+1}`) loses its output channel c, its BN `bn{k+1}` loses
@@ -30,18 +38,21 @@ def prune_resnet(model: ResNet, variables, threshold: float):
   conv never loses all its channels: where every |scale| is below the threshold, the largest
   stays. Stems, shortcuts, block outputs and the classifier keep their widths.
 
-  Exactness: a removed channel's constant output (its BN bias through the ReLU) is dropped, as
-  network slimming does; where that is 0 (scale 0 and bias <= 0) the function is unchanged.
+  As in `prune`, a removed channel's constant output (its BN bias through the ReLU, exact where
+  its scale is 0) is folded into the next conv's BN (`fold_constants`; False drops it, as
+  vanilla network slimming does). With exactly-zero scales the result is exact for a
+  Bottleneck's 1x1 conv3 and, for 3x3 consumers, away from the zero-padded border.
 
   Args:
     model: a `ResNet` (BasicBlock or Bottleneck blocks); an already slimmed one works too.
     variables: its `{"params", "batch_stats"}`; never modified, untouched arrays are shared.
     threshold: channels with |scale| < threshold go; >= 0 (0 changes nothing).
+    fold_constants: fold the removed channels' constant outputs into the next conv's BN.
 
   Returns:
     `(slim_model, slim_variables, report)`: `slim_model` is `model` with `inner_widths` set;
     `report` has the threshold, `blocks` (`block`, `conv`, `channels_before`,
-    `channels_after`, `removed` per inner conv), `params_before` and `params_after`.
+    `channels_after`, `removed`, `folded` per inner conv), `params_before` and `params_after`.
 
   Raises:
     ValueError: not a ResNet, a negative threshold, or variables that do not fit the model.
@@ -66,20 +77,26 @@ def prune_resnet(model: ResNet, variables, threshold: float):
       conv, bn, consumer = f"conv{k + 1}", f"bn{k + 1}", f"conv{k + 2}"
       before = block.inner(k)
       keep = kept_channels(abs_scales(p[bn]["scale"]), threshold)
+      removed = np.setdiff1d(np.arange(before), keep)
+      # A flat channel outputs relu(bias): fold it into the consumer's BN (see `prune`).
+      values = np.maximum(np.asarray(p[bn]["bias"], np.float64)[removed], 0.0)
+      if fold_constants and np.any(values):
+        shift = constant_input_shift(p[consumer]["kernel"], removed, values)
+        s[f"bn{k + 2}"] = without_input_shift(s[f"bn{k + 2}"], shift)
       if keep.size < before:
         p[conv] = {"kernel": take(p[conv]["kernel"], keep, axis=3)}
         p[bn] = {name: take(v, keep) for name, v in p[bn].items()}
         s[bn] = {name: take(v, keep) for name, v in s[bn].items()}
         p[consumer] = {"kernel": take(p[consumer]["kernel"], keep, axis=2)}
       widths.append(int(keep.size))
-      removed = sorted(set(range(before)) - set(keep.tolist()))
       entries.append(
         {
           "block": block.name,
           "conv": conv,
           "channels_before": before,
           "channels_after": int(keep.size),
-          "removed": removed,
+          "removed": [int(c) for c in removed],
+          "folded": int(np.count_nonzero(values)) if fold_constants else 0,
         }
       )
     params[block.name], stats[block.name] = p, s

@@ -31,8 +31,9 @@ def shortcut_weights(block: ResidualBlock, variables):
   Identity: `(I, 0)`, gain None. Projection: the BN-folded 1x1 conv, gain None. Identity through
   a BN (`shortcut_bn`, per channel `m * x + b` with `m = scale / sigma`): the reserved copies
   carry `|m| x` — non-negative, so the ReLUs keep them — and the merge adds them with sign(m),
-  plus `b`. In the fine-tuning form `|m|` becomes the reserved channels' BN scale: the importance
-  network slimming prunes by (Sec. 4.2).
+  plus `b`. The gain is `{"scale": |scale|, "var": var}` of that BN (`reserve`): in the
+  fine-tuning form the reserved channels' BN is `|scale| x / sigma`, so their BN scale is the
+  one sparsity training drove towards 0 — the importance network slimming prunes by (Sec. 4.2).
   """
   if block.has_projection:
     return (*folded_conv(variables, "proj_conv", "proj_bn", epsilon=EPS), None)
@@ -43,7 +44,7 @@ def shortcut_weights(block: ResidualBlock, variables):
   bn = batchnorm_of(variables, "shortcut_bn")
   m = bn["scale"] * jax.lax.rsqrt(bn["var"] + EPS)
   signs = jnp.diag(jnp.where(m < 0, -1.0, 1.0).astype(dtype))[None, None]
-  return signs, bn["bias"] - bn["mean"] * m, jnp.abs(m)
+  return signs, bn["bias"] - bn["mean"] * m, {"scale": jnp.abs(bn["scale"]), "var": bn["var"]}
 
 
 @register_converter(Stem)
@@ -71,10 +72,14 @@ def convert_basic_block(block: BasicBlock, variables, options: Options) -> list[
   conv2 = merge(
     conv_layer(variables, "conv2", "bn2", options, epsilon=EPS), kernel, bias, epsilon=EPS
   )
+  # Recorded for structured execution: conv1's last C outputs copy its input, conv2's last C
+  # inputs enter through the centre tap only (rmjax.models.structured).
+  identity = not block.has_projection
+  c = block.in_features
   return (
-    emit_conv(conv1, stride=block.strides, padding=1, epsilon=EPS)
+    emit_conv(conv1, stride=block.strides, padding=1, epsilon=EPS, reserved=c)
     + [Emitted(ReLU())]
-    + emit_conv(conv2, stride=1, padding=1, epsilon=EPS)
+    + emit_conv(conv2, stride=1, padding=1, epsilon=EPS, merged=c, merged_identity=identity)
     + [Emitted(ReLU())]
   )
 
@@ -99,12 +104,24 @@ def convert_three_conv_block(block, variables, options: Options, *, groups: int 
   conv3 = merge(
     conv_layer(variables, "conv3", "bn3", options, epsilon=EPS), kernel, bias, epsilon=EPS
   )
+  # Recorded for structured execution (rmjax.models.structured): conv1 reserves C channels,
+  # conv2 carries them, conv3 merges them.
+  identity = not block.has_projection
+  c = block.in_features
   return (
-    emit_conv(conv1, stride=1, padding=0, epsilon=EPS)
+    emit_conv(conv1, stride=1, padding=0, epsilon=EPS, reserved=c)
     + [Emitted(ReLU())]
-    + emit_conv(conv2, stride=block.strides, padding=1, groups=new_groups, epsilon=EPS)
+    + emit_conv(
+      conv2,
+      stride=block.strides,
+      padding=1,
+      groups=new_groups,
+      epsilon=EPS,
+      reserved=c,
+      carried=True,
+    )
     + [Emitted(ReLU())]
-    + emit_conv(conv3, stride=1, padding=0, epsilon=EPS)
+    + emit_conv(conv3, stride=1, padding=0, epsilon=EPS, merged=c, merged_identity=identity)
     + [Emitted(ReLU())]
   )
 

@@ -17,6 +17,7 @@ A residual block `out = relu(F(x) + S(x))` with `x >= 0` becomes plain by
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 
 from rmjax.transforms.batchnorm import concat_batchnorm, identity_batchnorm
 from rmjax.transforms.dirac import dirac_kernel, grouped_to_dense, pad_kernel
@@ -24,18 +25,19 @@ from rmjax.transforms.dirac import dirac_kernel, grouped_to_dense, pad_kernel
 
 def _append_outputs(layer, kernel, num_new: int, *, epsilon: float, gain=None):
   """`layer` with kernel `kernel` whose last `num_new` outputs are pass-through channels,
-  multiplied by `gain` (per channel, >= 0; None = 1) in the BN (fine-tuning form) or in the
-  kernel's new columns (deploy form)."""
+  scaled by `gain` (see `reserve`) in the BN (fine-tuning form) or in the kernel's new columns
+  (deploy form)."""
   if "bn" in layer:
     dtype = layer["bn"]["mean"].dtype
-    # Statistics of the copied input are not known here; (0, 1) keeps Eq. 3 exact in eval mode,
-    # and fine-tuning re-estimates them from data (Appendix A.2).
-    identity = identity_batchnorm(
-      jnp.zeros((num_new,), dtype), jnp.ones((num_new,), dtype), epsilon=epsilon
-    )
-    if gain is not None:
-      # The gain sits in the BN scale, where network slimming reads a channel's importance.
-      identity = {**identity, "scale": identity["scale"] * gain}
+    zeros = jnp.zeros((num_new,), dtype)
+    if gain is None:
+      # Statistics of the copied input are not known here; (0, 1) keeps Eq. 3 exact in eval
+      # mode, and fine-tuning re-estimates them from data (Appendix A.2).
+      identity = identity_batchnorm(zeros, jnp.ones((num_new,), dtype), epsilon=epsilon)
+    else:
+      # `scale x / sqrt(var + eps)`: the gain's own BN scale, where network slimming reads a
+      # channel's importance (not the gain itself, which also holds 1 / sigma).
+      identity = {"scale": gain["scale"], "bias": zeros, "mean": zeros, "var": gain["var"]}
     # "reserved" counts the trailing identity channels: static structure that the plain
     # BatchNorm records, so that fine-tuning can re-estimate their statistics (A.2).
     return {
@@ -45,7 +47,7 @@ def _append_outputs(layer, kernel, num_new: int, *, epsilon: float, gain=None):
     }
   zeros = jnp.zeros((num_new,), layer["bias"].dtype)
   if gain is not None:
-    kernel = kernel.at[..., -num_new:].multiply(gain)
+    kernel = kernel.at[..., -num_new:].multiply(gain["scale"] * lax.rsqrt(gain["var"] + epsilon))
   return {"kernel": kernel, "bias": jnp.concatenate([layer["bias"], zeros])}
 
 
@@ -56,9 +58,10 @@ def reserve(layer, *, channels: int | None = None, gain=None, epsilon: float = 1
   `channels` channels — with zero bias in the deploy form or an identity BN (Eq. 3) in the
   fine-tuning form. A following ReLU keeps them unchanged when the input is non-negative, as
   every ResNet block input is; where it can be negative (MobileNetV2) the activation of these
-  channels must be the identity (PReLU with slope 1). With `gain` (per channel, >= 0) the copies
-  are scaled — still unchanged by the ReLU — which is how a BN on the shortcut (sparsity
-  training, Sec. 4.2) gives the reserved channels an importance in their BN scale.
+  channels must be the identity (PReLU with slope 1). With `gain = {"scale": s, "var": v}` (per
+  channel, s >= 0) the copies are `s x / sqrt(v + epsilon)` — still unchanged by the ReLU — and
+  in the fine-tuning form their BN is exactly that (scale s, running variance v): how a BN on
+  the shortcut (sparsity training, Sec. 4.2) gives the reserved channels an importance.
 
     >>> layer = {"kernel": k, "bias": b}          # k: (3, 3, C, M)
     >>> reserve(layer)["kernel"].shape            # (3, 3, C, M + C)

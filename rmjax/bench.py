@@ -1,0 +1,249 @@
+"""Measuring inference: speed by the paper's protocol, size, FLOPs, memory, compile time.
+
+The paper's speed protocol (Sec. 5): batch 128, 50 batches to warm up, then 50 timed batches.
+Here every network (`rmjax.bench_suites`) is jit-compiled once per batch size; the compiled
+executable runs `warmup` batches, then `repeats` times `batches` timed batches, blocking on
+the results (`block_until_ready`). Each row also has parameters, MACs (the "FLOPs" of papers
+and of docs/*.md), XLA's FLOPs from the cost analysis of the lowered and compiled program and
+the analytical count of the same (`testing.count_flops`; they must agree:
+`FLOPS_TOLERANCE`), peak memory (XLA's memory analysis: arguments + outputs + temporaries),
+compile time, the speed-up over its group's baseline and the max |logit difference| from the
+network it was converted from, on the timed batch.
+
+  >>> nets = bench_suites.build(["tiny"])
+  >>> rows = run(nets, batch_sizes=[8], protocol=Protocol(warmup=1, batches=2, repeats=1))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rmjax import transforms
+from rmjax.bench_suites import Network, Settings, tiny_resnet
+from rmjax.testing import count_flops, count_macs, count_params, random_variables
+
+# XLA's FLOPs vs `count_flops`: the program jax hands XLA (lowered) matches the count to
+# 0.005% on every default network, and must to 0.1%. The compiled program, which runs, is
+# reported beside it: up to 0.7% more in float32 (2.8% on the tiny network), as fusion
+# recomputes a cheap elementwise producer inside each consumer (e.g. the ReLU that feeds both a
+# structured conv and its copies); in bfloat16 up to 10% more, as XLA:CPU computes elementwise
+# ops in float32 and counts the conversions.
+FLOPS_TOLERANCE = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """Batches to warm up with, batches per timed repeat, and repeats (median and spread)."""
+
+  warmup: int
+  batches: int
+  repeats: int
+
+
+PAPER = Protocol(warmup=50, batches=50, repeats=3)
+# On 2 CPU cores one batch of 128 of each default network takes ~21 s (RMNeXt-26's dense plain
+# form alone 5 s): the paper's protocol would take over an hour, 2 + 3 x 4 batches 6 minutes.
+CPU = Protocol(warmup=2, batches=4, repeats=3)
+QUICK = Protocol(warmup=1, batches=2, repeats=1)
+
+
+def default_protocol(platform_name: str) -> Protocol:
+  return CPU if platform_name == "cpu" else PAPER
+
+
+def device_info() -> dict[str, Any]:
+  """What the results were measured on: device (CPU model or accelerator name), versions, date."""
+  device = jax.devices()[0]
+  name = device.device_kind
+  if device.platform == "cpu":
+    name = _cpu_model() or platform.processor() or name
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return {
+    "device": name,
+    "platform": device.platform,
+    "device_count": jax.device_count(),
+    "cpu_count": cores,
+    "jax_version": jax.__version__,
+    "flax_version": flax.__version__,
+    "python_version": platform.python_version(),
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+  }
+
+
+def _cpu_model() -> str | None:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return None
+
+
+def images(batch: int, size: int, seed: int = 0):
+  """The benchmark's input batch, float32 in [0, 1); the same for every network."""
+  return jax.random.uniform(jax.random.key(seed), (batch, size, size, 3), jnp.float32)
+
+
+def time_compiled(fn, args, protocol: Protocol) -> list[float]:
+  """Seconds per batch of `fn(*args)` (compiled) in each timed repeat, after the warm-up."""
+  for _ in range(protocol.warmup):
+    jax.block_until_ready(fn(*args))
+  per_batch = []
+  for _ in range(protocol.repeats):
+    start = time.perf_counter()
+    # Dispatched back to back, then waited for: the device never idles between batches, as in
+    # the paper's loop that synchronises once at the end.
+    jax.block_until_ready([fn(*args) for _ in range(protocol.batches)])
+    per_batch.append((time.perf_counter() - start) / protocol.batches)
+  return per_batch
+
+
+def _flops(stage) -> float:
+  """ "flops" of a lowered or compiled program's cost analysis (NaN where XLA gives none)."""
+  cost = stage.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost  # older jax: one dict per computation
+  return float((cost or {}).get("flops", float("nan")))
+
+
+def _input_dtype(net: Network):
+  return jax.tree.leaves(net.variables)[0].dtype
+
+
+def measure(net: Network, batch: int, protocol: Protocol) -> dict:
+  """One row: size, cost, memory, compile time and speed of `net` at `batch`, plus its logits
+  (under "logits", for logit differences; not part of the saved results)."""
+  x = images(batch, net.image_size).astype(_input_dtype(net))
+  start = time.perf_counter()
+  lowered = jax.jit(net.apply).lower(net.variables, x)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  program_flops, xla_flops = _flops(lowered), _flops(compiled)
+  flops = count_flops(net.apply, net.variables, x)
+  agree = abs(program_flops / flops - 1) <= FLOPS_TOLERANCE
+  memory = compiled.memory_analysis()
+  peak = None
+  if memory is not None:
+    peak = (
+      memory.argument_size_in_bytes
+      + memory.output_size_in_bytes
+      + memory.temp_size_in_bytes
+      - memory.alias_size_in_bytes
+    )
+  speeds = [batch / s for s in time_compiled(compiled, (net.variables, x), protocol)]
+  return {
+    "network": net.name,
+    "group": net.group,
+    "role": net.role,
+    "mode": net.mode,
+    "batch_size": batch,
+    "image_size": net.image_size,
+    "params": count_params(net.variables["params"]),
+    "macs_per_image": count_macs(net.apply, net.variables, x) / batch,
+    "analytical_flops_per_image": flops / batch,
+    "xla_lowered_flops_per_image": program_flops / batch,
+    "xla_flops_per_image": xla_flops / batch,
+    "flops_ratio": xla_flops / flops,
+    "flops_agree": bool(agree),
+    "peak_memory_bytes": peak,
+    "compile_seconds": compile_s,
+    "imgs_per_sec": statistics.median(speeds),
+    "imgs_per_sec_min": min(speeds),
+    "imgs_per_sec_max": max(speeds),
+    "imgs_per_sec_repeats": speeds,
+    "logits": np.asarray(compiled(net.variables, x), np.float32),
+  }
+
+
+def log(message: str) -> None:
+  """The progress display: one line on stderr, flushed."""
+  print(message, file=sys.stderr, flush=True)
+
+
+def run(
+  networks: Sequence[Network],
+  *,
+  batch_sizes: Sequence[int],
+  protocol: Protocol,
+  progress: Callable[[str], None] = log,
+) -> list[dict]:
+  """Measures every network at every batch size. Adds the speed-up over its group's baseline
+  and the max |logit difference| from its reference (None for a baseline / without one)."""
+  rows, total, start = [], len(networks) * len(batch_sizes), time.perf_counter()
+  for batch in batch_sizes:
+    logits: dict[int, np.ndarray] = {}  # by id() of the network
+    baseline: dict[str, dict] = {}
+    for net in networks:
+      row = measure(net, batch, protocol)
+      logits[id(net)] = row.pop("logits")
+      if net.role == "baseline":
+        baseline.setdefault(net.group, row)
+      base = baseline.get(net.group)
+      row["speedup"] = (
+        row["imgs_per_sec"] / base["imgs_per_sec"] if base is not None and base is not row else None
+      )
+      row["max_abs_logit_diff"] = None
+      if net.reference is not None:
+        ref = net.reference
+        if id(ref) not in logits:  # a reference that is not timed itself (RepVGG's training form)
+          x = images(batch, ref.image_size).astype(_input_dtype(ref))
+          logits[id(ref)] = np.asarray(jax.jit(ref.apply)(ref.variables, x), np.float32)
+        row["max_abs_logit_diff"] = float(np.max(np.abs(logits[id(net)] - logits[id(ref)])))
+      rows.append(row)
+      progress(
+        f"[{len(rows)}/{total} {time.perf_counter() - start:.0f}s] {net.name}, batch {batch}: "
+        f"compiled in {row['compile_seconds']:.1f}s, {row['imgs_per_sec']:.1f} imgs/s "
+        f"({row['imgs_per_sec_min']:.1f}-{row['imgs_per_sec_max']:.1f}), "
+        f"XLA/analytical FLOPs {row['flops_ratio']:.4f}"
+      )
+  return rows
+
+
+def time_convert(
+  name: str, *, image_size: int = 224, keep_bn: bool = False, calls: int = 5
+) -> dict:
+  """`jax.jit(rm_convert)` of the model `name` (a models.create name, or "tiny") with random
+  variables: tracing + lowering and compile time, then the median and min of `calls` calls."""
+  settings = Settings(image_size=image_size)
+  model = tiny_resnet(settings) if name == "tiny" else settings.create(name)
+  variables = random_variables(
+    model, jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  )
+  convert = jax.jit(transforms.rm_convert, static_argnums=0, static_argnames="keep_bn")
+  start = time.perf_counter()
+  lowered = convert.lower(model, variables, keep_bn=keep_bn)
+  lower_s = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  _, plain_vars = jax.block_until_ready(compiled(variables))
+  times = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(variables))
+    times.append(time.perf_counter() - start)
+  return {
+    "model": name,
+    "image_size": image_size,
+    "keep_bn": keep_bn,
+    "params_before": count_params(variables["params"]),
+    "params_after": count_params(plain_vars["params"]),
+    "lower_seconds": lower_s,
+    "compile_seconds": compile_s,
+    "call_ms": 1e3 * statistics.median(times),
+    "call_ms_min": 1e3 * min(times),
+  }

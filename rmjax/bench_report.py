@@ -1,0 +1,191 @@
+"""What `rmjax.bench` measured, as Markdown tables, a JSON file, a plot, and docs/benchmarks.md.
+
+>>> report = {"meta": bench.device_info(), "results": rows, "convert": convert_rows}
+>>> print(markdown(report))
+>>> write_json("bench.json", report); plot(report, "bench.png")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from rmjax.bench import FLOPS_TOLERANCE
+
+
+def _count(n: float, unit: str = "") -> str:
+  for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+    if abs(n) >= scale:
+      return f"{n / scale:.2f}{suffix}{unit}"
+  return f"{n:.0f}{unit}"
+
+
+def _speed(row) -> str:
+  if row["imgs_per_sec_min"] == row["imgs_per_sec_max"]:
+    return f"{row['imgs_per_sec']:.1f}"
+  return f"{row['imgs_per_sec']:.1f} ({row['imgs_per_sec_min']:.1f}–{row['imgs_per_sec_max']:.1f})"
+
+
+def header(meta) -> str:
+  """One paragraph: device, versions, date, dtype, protocol."""
+  p = meta["protocol"]
+  return (
+    f"**{meta['device']}** ({meta['platform']}, {meta['cpu_count']} CPU cores visible), "
+    f"jax {meta['jax_version']}, flax {meta['flax_version']}, {meta['date']}. "
+    f"{meta['dtype']}, {meta['image_size']}x{meta['image_size']} inputs; "
+    f"per network and batch size: {p['warmup']} warm-up batches, then {p['repeats']} x "
+    f"{p['batches']} timed batches (imgs/s: median over the {p['repeats']} repeats, "
+    "(min–max))."
+  )
+
+
+def speed_table(rows, batch_size: int) -> list[str]:
+  """All columns at one batch size."""
+  lines = [
+    f"| network (batch {batch_size}) | params | MACs / img | XLA FLOPs / img (÷ analytical) "
+    "| peak memory | compile | imgs/s | speed-up | max abs logit diff |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    if r["batch_size"] != batch_size:
+      continue
+    memory = "—" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.0f} MiB"
+    agree = "" if r["flops_agree"] else " ⚠"
+    speedup = "—" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+    diff = "—" if r["max_abs_logit_diff"] is None else f"{r['max_abs_logit_diff']:.1e}"
+    lines.append(
+      f"| {r['network']} | {_count(r['params'])} | {_count(r['macs_per_image'])} "
+      f"| {_count(r['xla_flops_per_image'])} ({r['flops_ratio']:.3f}{agree}) | {memory} "
+      f"| {r['compile_seconds']:.1f} s | {_speed(r)} | {speedup} | {diff} |"
+    )
+  return lines
+
+
+def sweep_table(rows) -> list[str]:
+  """imgs/s (and speed-up) per batch size, one row per network."""
+  sizes = sorted({r["batch_size"] for r in rows})
+  names = list(dict.fromkeys(r["network"] for r in rows))
+  by = {(r["network"], r["batch_size"]): r for r in rows}
+  lines = [
+    "| network | " + " | ".join(f"batch {b}" for b in sizes) + " |",
+    "|---|" + "---|" * len(sizes),
+  ]
+  for name in names:
+    cells = []
+    for b in sizes:
+      r = by.get((name, b))
+      if r is None:
+        cells.append("")
+        continue
+      speedup = "" if r["speedup"] is None else f" ({r['speedup']:.2f}x)"
+      cells.append(f"{r['imgs_per_sec']:.1f}{speedup}")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def convert_table(rows) -> list[str]:
+  lines = [
+    "| model | form | params: residual → plain | trace + lower | compile | call (median, min) |",
+    "|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    form = "keep_bn" if r["keep_bn"] else "deploy"
+    lines.append(
+      f"| {r['model']} ({r['image_size']}x{r['image_size']}) | {form} "
+      f"| {_count(r['params_before'])} → {_count(r['params_after'])} | {r['lower_seconds']:.2f} s "
+      f"| {r['compile_seconds']:.2f} s | {r['call_ms']:.1f} ms, {r['call_ms_min']:.1f} ms |"
+    )
+  return lines
+
+
+def markdown(report) -> str:
+  """The whole report: header, one table per batch size, the sweep, rm_convert timings."""
+  meta, rows = report["meta"], report["results"]
+  sizes = sorted({r["batch_size"] for r in rows})
+  parts = [header(meta), ""]
+  for b in sizes:
+    parts += [*speed_table(rows, b), ""]
+  if len(sizes) > 1:
+    parts += ["imgs/s by batch size (speed-up over the group's baseline):", ""]
+    parts += [*sweep_table(rows), ""]
+  if report.get("convert"):
+    parts += ["`jax.jit(rm_convert)` with random variables (compiled once, then called):", ""]
+    parts += [*convert_table(report["convert"]), ""]
+  parts.append(
+    "MACs count every kernel tap (the papers' FLOPs). XLA's cost analysis counts 2 FLOPs per "
+    "multiply-add, skips taps on zero padding and adds one per element of bias, ReLU, BN and "
+    "pooling; the analytical count of that (`rmjax.testing.count_flops`) matches the program "
+    f"given to XLA within {FLOPS_TOLERANCE:.1%} (⚠ where not). The compiled program's FLOPs "
+    "are shown, with their ratio to that count: fusion recomputes cheap elementwise ops in each "
+    "consumer. Speed-up: over the first network of the group; logit difference: from the "
+    "network it was converted from, on the timed batch."
+  )
+  return "\n".join(parts) + "\n"
+
+
+def write_json(path: str, report) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(report, f, indent=1)
+    f.write("\n")
+  os.replace(path + ".tmp", path)
+
+
+def plot(report, path: str) -> None:
+  """Fig. 11's two rows against batch size: speed-up of each plain network over its group's
+  baseline, and imgs/s (median, min–max band). One colour per group, one line style per mode."""
+  import matplotlib  # Deferred: only the benchmark draws (the "plots" extra).
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = report["results"]
+  groups = list(dict.fromkeys(r["group"] for r in rows))
+  colours = plt.get_cmap("tab10")
+  styles = {"": "-", "dense": "--", "structured": ":"}
+  plt.rcParams.update({"legend.fontsize": 7})
+  fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
+  for name in dict.fromkeys(r["network"] for r in rows):
+    mine = sorted((r for r in rows if r["network"] == name), key=lambda r: r["batch_size"])
+    sizes = [r["batch_size"] for r in mine]
+    style = dict(
+      color=colours(groups.index(mine[0]["group"]) % 10),
+      ls=styles.get(mine[0]["mode"], "-."),
+      marker="o" if mine[0]["role"] == "baseline" else "s",
+      label=name,
+    )
+    bottom.plot(sizes, [r["imgs_per_sec"] for r in mine], **style)
+    low, high = [r["imgs_per_sec_min"] for r in mine], [r["imgs_per_sec_max"] for r in mine]
+    bottom.fill_between(sizes, low, high, color=style["color"], alpha=0.12)
+    if mine[0]["speedup"] is not None:
+      top.plot(sizes, [r["speedup"] for r in mine], **style)
+  top.axhline(1.0, color="gray", lw=0.8)
+  top.set_ylabel("speed-up over the group's baseline")
+  bottom.set_xscale("log", base=2)
+  sizes = sorted({r["batch_size"] for r in rows})
+  bottom.set_xticks(sizes, [str(b) for b in sizes])
+  bottom.set_yscale("log")
+  bottom.set_xlabel("batch size")
+  bottom.set_ylabel("imgs/s")
+  fig.legend(*bottom.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(0.73, 0.5))
+  fig.subplots_adjust(left=0.08, right=0.72, top=0.94, bottom=0.07, hspace=0.06)
+  meta = report["meta"]
+  fig.suptitle(f"{meta['device']} · jax {meta['jax_version']} · {meta['dtype']}", fontsize=9)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def update_docs(path: str, section: str, text: str) -> None:
+  """Replaces the part of `path` between `<!-- bench:SECTION -->` and `<!-- /bench:SECTION -->`
+  with `text` (appending the marked part if there is none); the rest is kept as written."""
+  start, end = f"<!-- bench:{section} -->", f"<!-- /bench:{section} -->"
+  block = f"{start}\n{text.rstrip()}\n{end}"
+  doc = open(path).read() if os.path.exists(path) else ""
+  pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+  if pattern.search(doc):
+    doc = pattern.sub(lambda _: block, doc)
+  else:
+    doc = doc.rstrip() + ("\n\n" if doc else "") + block + "\n"
+  with open(path + ".tmp", "w") as f:
+    f.write(doc)
+  os.replace(path + ".tmp", path)

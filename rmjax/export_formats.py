@@ -1,0 +1,157 @@
+"""A plain network as a file for a serving stack: StableHLO (`jax.export`) or a TensorFlow
+SavedModel (`jax2tf`). `python convert.py ... --export stablehlo,savedmodel` writes both.
+
+  >>> export_stablehlo(plain, variables, (224, 224, 3), "net.stablehlo")
+  >>> exported = jax.export.deserialize(open("net.stablehlo", "rb").read())
+  >>> logits = exported.call(images)          # float32 NHWC, any batch size
+
+  >>> export_savedmodel(plain, variables, (224, 224, 3), "net.savedmodel")
+  >>> serve = tf.saved_model.load("net.savedmodel").signatures["serving_default"]
+  >>> logits = serve(images=tf.constant(images))["logits"]
+
+Both bake the weights in, take any batch size (the batch dimension is symbolic, the image shape
+fixed) and are lowered for CPU, CUDA and TPU. Both are written atomically (a temporary sibling
+renamed into place). The SavedModel holds the network as one XlaCallModule op (jax2tf's native
+serialization): TF Serving runs it, and `tf.lite.TFLiteConverter.from_saved_model` converts it.
+TensorFlow is imported only by the SavedModel functions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rmjax.models.plain import PlainNet
+
+FORMATS = ("stablehlo", "savedmodel")
+PLATFORMS = ("cpu", "cuda", "tpu")
+SIGNATURE = "serving_default"  # the SavedModel's signature: images -> {"logits": ...}
+
+
+def _forward(plain: PlainNet, variables) -> Callable:
+  variables = jax.device_get(variables)
+  return lambda images: plain.apply(variables, images)
+
+
+def export_stablehlo(
+  plain: PlainNet, variables, input_shape, path: str, *, platforms=PLATFORMS
+) -> None:
+  """Writes `plain` with its `variables` as a serialized `jax.export.Exported` to `path`.
+
+  Args:
+    input_shape: one input without the batch axis, e.g. `(224, 224, 3)`; the batch size is a
+      symbolic dimension, so the artefact accepts any.
+    platforms: what to lower for; `exported.call` picks the one it runs on.
+
+  Example:
+    >>> export_stablehlo(plain, variables, (32, 32, 3), "/tmp/net.stablehlo")
+    >>> jax.export.deserialize(open("/tmp/net.stablehlo", "rb").read()).call(x)
+  """
+  (batch,) = jax.export.symbolic_shape("batch")
+  spec = jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32)
+  exported = jax.export.export(jax.jit(_forward(plain, variables)), platforms=platforms)(spec)
+  data = exported.serialize()
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def load_stablehlo(path: str) -> Callable:
+  """The function a `.stablehlo` artefact holds: NHWC float32 images -> logits."""
+  with open(path, "rb") as f:
+    return jax.export.deserialize(bytearray(f.read())).call
+
+
+def export_savedmodel(
+  plain: PlainNet, variables, input_shape, path: str, *, platforms=PLATFORMS
+) -> None:
+  """Writes `plain` with its `variables` as a TensorFlow SavedModel directory `path`.
+
+  The signature `serving_default` takes `images` (float32 `[batch, *input_shape]`, any batch)
+  and returns `{"logits": ...}`. The weights are TF variables, so large networks stay below
+  protobuf's 2 GB limit on graph constants.
+
+  Example:
+    >>> export_savedmodel(plain, variables, (32, 32, 3), "/tmp/net.savedmodel")
+    >>> tf.saved_model.load("/tmp/net.savedmodel").signatures["serving_default"](images=x)
+  """
+  import tensorflow as tf  # Deferred: only this export needs TensorFlow.
+  from jax.experimental import jax2tf
+
+  params = tf.nest.map_structure(
+    lambda a: tf.Variable(np.asarray(a), trainable=False), jax.device_get(variables)
+  )
+  module = tf.Module()
+  # The module tracks (and saves) the variables through a flat list: a dict attribute would be
+  # wrapped by TF in a proxy that jax's pytrees do not see as a dict.
+  module._variables = tf.nest.flatten(params)
+  dims = ", ".join(str(d) for d in input_shape)
+  forward = jax2tf.convert(
+    plain.apply,
+    polymorphic_shapes=[None, f"(batch, {dims})"],
+    with_gradient=False,
+    native_serialization_platforms=tuple(platforms),
+  )
+
+  @tf.function(
+    autograph=False,
+    input_signature=[tf.TensorSpec((None, *input_shape), tf.float32, name="images")],
+  )
+  def serve(images):
+    return {"logits": forward(params, images)}
+
+  module.serve = serve
+  parent = os.path.dirname(os.path.abspath(path))
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+  # mkdtemp makes the directory private (0700); the result should have the usual permissions.
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o777 & ~umask)
+  try:
+    tf.saved_model.save(module, tmp, signatures={SIGNATURE: serve})
+    replace(tmp, path)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_savedmodel(path: str) -> Callable:
+  """The function a SavedModel written by `export_savedmodel` serves: images -> logits."""
+  import tensorflow as tf
+
+  serve = tf.saved_model.load(path).signatures[SIGNATURE]
+  return lambda images: serve(images=tf.constant(np.asarray(images, np.float32)))["logits"].numpy()
+
+
+EXPORTERS = {"stablehlo": export_stablehlo, "savedmodel": export_savedmodel}
+LOADERS = {"stablehlo": load_stablehlo, "savedmodel": load_savedmodel}
+
+
+def artefact_path(plain_dir: str, fmt: str) -> str:
+  """Where `convert.py --export FMT` puts an artefact: next to PLAIN, `PLAIN.stablehlo` (a
+  file) or `PLAIN.savedmodel` (a directory)."""
+  return f"{os.path.abspath(plain_dir).rstrip(os.sep)}.{fmt}"
+
+
+def replace(src: str, dst: str) -> None:
+  """Moves the file or directory `src` to `dst` (same file system), replacing what is there:
+  an old directory is moved aside first and deleted once the new one is in place."""
+  if not os.path.isdir(dst):
+    os.replace(src, dst)
+    return
+  old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=os.path.dirname(dst))
+  try:
+    os.rename(dst, os.path.join(old, "x"))
+    os.rename(src, dst)
+  finally:
+    shutil.rmtree(old, ignore_errors=True)

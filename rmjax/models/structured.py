@@ -1,0 +1,182 @@
+"""Structured execution of a plain network's convs: Dirac copies and adds instead of zeros.
+
+RM makes a residual block plain by widening its convs with Dirac kernels (Sec. 4.1, Eq. 2-4):
+a reserving conv gains output channels that copy its input, a middle conv carries them as
+identity groups, and the merging conv gains input columns that add the shortcut. As dense
+kernels these are almost all zeros — a ResNet-18's plain conv1 spends a third of its
+multiply-adds on its reserved rows. The converters record where that structure is
+(`Conv.reserved`, `carried`, `merged`, `merged_identity`), and `StructuredConv` computes the
+same conv from the learned part of the kernel plus
+  - the reserved rows as a strided slice of the input times their centre tap (a copy),
+  - merged columns as a 1x1 matmul of the strided input (projection), or an add (identity),
+then concatenates: the network stays single-path, one tensor between layers.
+
+  >>> plain, plain_vars = rmjax.transforms.rm_convert(model, variables)
+  >>> plain.apply(plain_vars, x, structured=True)      # == plain.apply(plain_vars, x)
+
+Exact as long as the kernel still has the recorded zeros; training a plain network fills them
+in, and `check_structure(plain, variables)` says whether they are there.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from rmjax.models.plain import Conv, PlainNet
+
+
+def _conv(x, kernel, spec: Conv, groups: int):
+  return lax.conv_general_dilated(
+    x,
+    kernel,
+    (spec.stride, spec.stride),
+    (spec.pads, spec.pads),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=groups,
+  )
+
+
+def centre_samples(x, spec: Conv):
+  """What the kernel's centre tap reads at each output position: `x` sampled at the conv's
+  stride and offset by its padding (zero where that falls into the padding)."""
+  k, c = spec.kernel_size, spec.kernel_size // 2
+  low, high = spec.pads
+  for axis in (1, 2):
+    n = x.shape[axis]
+    size = (n + low + high - k) // spec.stride + 1
+    start = c - low
+    stop = start + (size - 1) * spec.stride + 1
+    before, after = max(0, -start), max(0, stop - n)
+    if before or after:
+      widths = [(0, 0)] * x.ndim
+      widths[axis] = (before, after)
+      x = jnp.pad(x, widths)
+      start, stop = start + before, stop + before
+    x = lax.slice_in_dim(x, start, stop, spec.stride, axis)
+  return x
+
+
+class Plan(NamedTuple):
+  """Where a structured conv's parts sit in its kernel (static: from the spec alone)."""
+
+  main_in: int  # the learned conv reads inputs [:main_in] ...
+  main_out: int  # ... and writes outputs [:main_out]
+  main_groups: int
+  centre: int  # the centre tap's index along each kernel axis
+  outs: np.ndarray | None = None  # reserved outputs
+  sources: np.ndarray | None = None  # the input each reserved output copies
+  taps: np.ndarray | None = None  # that input's index along the kernel's input axis
+
+
+def plan(spec: Conv) -> Plan:
+  """Static index arithmetic for one structured conv: which kernel slices hold the learned
+  part, and where the copies' and adds' centre taps are. Raises ValueError for a record that
+  does not fit the conv's shape."""
+  cin, cout, g, r, m = spec.in_features, spec.out_features, spec.groups, spec.reserved, spec.merged
+  problems = []
+  if r and m:
+    problems.append("both reserved and merged (no converter emits that)")
+  if not 0 <= r < cout or r > cin:
+    problems.append(f"reserved={r} does not fit {cin} -> {cout} channels")
+  if not 0 <= m < cin or (spec.merged_identity and m > cout):
+    problems.append(f"merged={m} does not fit {cin} -> {cout} channels")
+  if m and g != 1:
+    problems.append("merged columns in a grouped conv")
+  if r and not spec.carried and g != 1:
+    problems.append("reserved outputs of a grouped conv that are not carried")
+  per_group, out_per_group = cin // g, cout // g
+  if r and spec.carried and g > 1 and (r % out_per_group or per_group != out_per_group):
+    problems.append(f"{r} carried channels are not whole groups of {per_group}")
+  if problems:
+    raise ValueError(f"cannot run {spec} structured: " + "; ".join(problems))
+  c = spec.kernel_size // 2
+  if r:
+    outs = np.arange(cout - r, cout)
+    sources = np.arange(cin - r, cin) if spec.carried else np.arange(r)
+    # Index of each source within its output's group of the kernel's input axis.
+    taps = sources - (outs // out_per_group) * per_group if g > 1 else sources
+    main_in = cin - r if spec.carried else cin
+    main_groups = g - r // out_per_group if g > 1 else 1
+    return Plan(main_in, cout - r, main_groups, c, outs, sources, taps)
+  return Plan(cin - m, cout, 1, c)
+
+
+class StructuredConv(nn.Module):
+  """A `Conv` spec with recorded Dirac structure, run as learned conv + copies/adds.
+
+  Same variables (`kernel`, `bias`) and the same function as the dense conv.
+  """
+
+  spec: Conv
+
+  @nn.compact
+  def __call__(self, x):
+    s = self.spec
+    p = plan(s)
+    k = s.kernel_size
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (k, k, s.in_features // s.groups, s.out_features)
+    )
+    bias = (
+      self.param("bias", nn.initializers.zeros_init(), (s.out_features,)) if s.use_bias else None
+    )
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+    c = p.centre
+    if s.reserved:
+      # A grouped kernel's learned groups come first; in a dense one the learned block is the
+      # top-left corner (the carried rows of the other outputs are zeros).
+      main_kernel = kernel[..., : p.main_out]
+      if s.groups == 1:
+        main_kernel = main_kernel[:, :, : p.main_in]
+      y = _conv(x[..., : p.main_in], main_kernel, s, p.main_groups)
+      scale = kernel[c, c, p.taps, p.outs]
+      copies = centre_samples(x[..., p.sources[0] : p.sources[-1] + 1], s) * scale
+      y = jnp.concatenate([y, copies], axis=-1)
+    else:
+      main_in, m = p.main_in, s.merged
+      y = _conv(x[..., :main_in], kernel[:, :, :main_in], s, 1)
+      shortcut = centre_samples(x[..., main_in:], s)
+      if s.merged_identity:
+        added = shortcut * kernel[c, c, main_in + np.arange(m), np.arange(m)]
+        y = added + y if m == y.shape[-1] else jnp.concatenate([y[..., :m] + added, y[..., m:]], -1)
+      else:
+        y = y + jnp.einsum("nhwc,co->nhwo", shortcut, kernel[c, c, main_in:])
+    return y if bias is None else y + bias
+
+
+def check_structure(plain: PlainNet, variables) -> list[str]:
+  """Where `variables` lack the Dirac structure `plain`'s convs record: one line per conv whose
+  kernel has a non-zero entry that `structured=True` would skip. Empty when exact. On the host.
+
+    >>> assert not check_structure(plain, plain_vars)
+  """
+  problems = []
+  for i, spec in enumerate(plain.layers):
+    if not (isinstance(spec, Conv) and spec.structured):
+      continue
+    p = plan(spec)
+    kernel = np.asarray(variables["params"][f"layers_{i}"]["kernel"])
+    skipped = np.ones(kernel.shape, bool)  # True where the structured conv does not read
+    c = p.centre
+    if spec.reserved:
+      main = (
+        (slice(None),) * 3 if spec.groups > 1 else (slice(None), slice(None), slice(0, p.main_in))
+      )
+      skipped[(*main, slice(0, p.main_out))] = False
+      skipped[c, c, p.taps, p.outs] = False
+    else:
+      main_in, m = p.main_in, spec.merged
+      skipped[:, :, :main_in] = False
+      if spec.merged_identity:
+        skipped[c, c, main_in + np.arange(m), np.arange(m)] = False
+      else:
+        skipped[c, c, main_in:] = False
+    worst = float(np.max(np.abs(kernel[skipped]), initial=0.0))
+    if worst:
+      problems.append(f"layers_{i} ({spec}): max |skipped kernel entry| {worst:.3g}")
+  return problems

@@ -1,0 +1,182 @@
+"""convert.py --from_torch / --from_keras / --export: import, convert, verify, export in one go,
+and every bad input as one `error: ...` paragraph with nothing written.
+
+`convert.main` runs in this process (absl flags parsed as on the command line): a subprocess
+would spend most of its time importing jax. tests/export_test.py runs the real entry point.
+"""
+
+import json
+import os
+import sys
+
+import chex
+import h5py
+import jax
+import numpy as np
+import pytest
+from absl import flags
+from torchvision_state_dicts import numpy_resnet18
+
+import rmjax
+from rmjax import export_formats
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import convert  # noqa: E402  (the CLI module, at the repository root)
+
+
+def run_cli(capsys, *args):
+  """`(exit code, stdout, stderr)` of `python convert.py ARGS`."""
+  argv = flags.FLAGS(["convert.py", *map(str, args)])
+  try:
+    code = convert.main(argv)
+  finally:
+    flags.FLAGS.unparse_flags()
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+@pytest.fixture
+def weights(tmp_path):
+  """A torchvision ResNet-18 state dict (10 classes) as a .safetensors file: no torch needed."""
+  from safetensors.numpy import save_file
+
+  path = tmp_path / "r18.safetensors"
+  save_file(numpy_resnet18(num_classes=10), str(path))
+  return path
+
+
+def test_import_convert_and_export(capsys, tmp_path, weights):
+  plain_dir = tmp_path / "plain"
+  code, out, err = run_cli(
+    capsys,
+    "--from_torch=resnet18",
+    weights,
+    plain_dir,
+    "--input_size=32",
+    "--export=stablehlo,savedmodel",
+  )
+  assert code == 0, err
+  assert "converting resnet18 (torchvision) (checked on 32x32x3 inputs)" in out
+  assert "stablehlo file" in out and "savedmodel file" in out
+  assert f"wrote {plain_dir}.stablehlo" in out and f"wrote {plain_dir}.savedmodel" in out
+  assert sorted(os.listdir(tmp_path)) == [
+    "plain",
+    "plain.savedmodel",
+    "plain.stablehlo",
+    "r18.safetensors",
+  ]
+  plain, variables = rmjax.load_plain(str(plain_dir))
+  source = json.loads((plain_dir / "plain.json").read_text())["source"]
+  assert source["framework"] == "torch" and source["imported_from"] == str(weights)
+  assert source["num_classes"] == 10
+  x = np.random.default_rng(1).standard_normal((3, 32, 32, 3)).astype(np.float32)
+  want = np.asarray(jax.jit(plain.apply)(variables, x))
+  for fmt in export_formats.FORMATS:
+    got = export_formats.LOADERS[fmt](export_formats.artefact_path(str(plain_dir), fmt))(x)
+    chex.assert_trees_all_close(np.asarray(got), want, atol=1e-4, rtol=0)
+
+
+def assert_fails(capsys, tmp_path, args, *messages):
+  before = sorted(os.listdir(tmp_path))
+  code, _, err = run_cli(capsys, *args)
+  assert code == 1, err
+  assert err.startswith("error: "), err
+  for message in messages:
+    assert message in err, err
+  assert "Traceback" not in err
+  assert sorted(os.listdir(tmp_path)) == before  # nothing written
+
+
+def test_bad_imports_are_one_error_each(capsys, tmp_path, weights):
+  plain = tmp_path / "plain"
+  assert_fails(
+    capsys, tmp_path, ["--from_torch=resnet18", tmp_path / "no.pth", plain], "does not exist"
+  )
+  (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+  assert_fails(
+    capsys,
+    tmp_path,
+    ["--from_torch=resnet18", tmp_path / "bad.safetensors", plain],
+    "cannot be read as safetensors",
+  )
+  assert_fails(
+    capsys,
+    tmp_path,
+    ["--from_torch=resnet19", weights, plain],
+    "unknown torchvision architecture 'resnet19'; supported: resnet18",
+  )
+  # The file holds a ResNet-18: as a ResNet-34, its missing blocks and keys are all named.
+  assert_fails(
+    capsys,
+    tmp_path,
+    ["--from_torch=resnet34", weights, plain],
+    "missing layer1.2.conv1.weight",
+    "missing layer4.2.bn2.running_var",
+  )
+  from safetensors.numpy import save_file
+
+  sd = numpy_resnet18(num_classes=10)
+  sd["fc.bias"] = np.zeros(11, np.float32)
+  sd["layer2.0.conv1.weight"] = np.zeros((128, 64, 5, 5), np.float32)
+  del sd["layer3.0.downsample.1.weight"]
+  sd["extra.weight"] = np.zeros(3, np.float32)
+  save_file(sd, str(tmp_path / "mixed.safetensors"))
+  assert_fails(
+    capsys,
+    tmp_path,
+    ["--from_torch=resnet18", tmp_path / "mixed.safetensors", plain],
+    "4 problem(s)",
+    "fc.bias has shape (11,), expected (10,)",
+    "layer2.0.conv1.weight has shape (128, 64, 5, 5), expected (128, 64, 3, 3)",
+    "missing layer3.0.downsample.1.weight",
+    "unexpected extra.weight",
+  )
+  assert_fails(
+    capsys,
+    tmp_path,
+    ["--from_torch=resnet18", "--from_keras", weights, plain],
+    "not both",
+  )
+  assert_fails(capsys, tmp_path, ["--input_size=32", weights, plain], "--input_size is for")
+
+
+def test_unsupported_keras_layer(capsys, tmp_path):
+  # A legacy Keras .h5 whose config has a layer MobileNetV2 does not: written by hand.
+  config = {
+    "class_name": "Functional",
+    "config": {
+      "layers": [
+        {"class_name": "InputLayer", "config": {"name": "in", "batch_shape": [None, 32, 32, 3]}},
+        {"class_name": "Rescaling", "config": {"name": "scale"}},
+      ]
+    },
+  }
+  with h5py.File(tmp_path / "odd.h5", "w") as f:
+    f.attrs["model_config"] = json.dumps(config)
+    f.create_group("model_weights").attrs["layer_names"] = []
+  assert_fails(
+    capsys,
+    tmp_path,
+    ["--from_keras", tmp_path / "odd.h5", tmp_path / "plain"],
+    "unsupported layer 'scale' (Rescaling)",
+    "no classifier",
+    "missing Conv1/kernel",
+  )
+
+
+def test_bad_exports(capsys, tmp_path, weights):
+  plain = tmp_path / "plain"
+  assert_fails(
+    capsys,
+    tmp_path,
+    ["--from_torch=resnet18", weights, plain, "--export=onnx"],
+    "unknown export format(s) 'onnx'; known: stablehlo, savedmodel",
+  )
+  (tmp_path / "plain.stablehlo").write_bytes(b"old")
+  assert_fails(
+    capsys,
+    tmp_path,
+    ["--from_torch=resnet18", weights, plain, "--export=stablehlo"],
+    "plain.stablehlo already exists; pass --overwrite",
+  )

@@ -1,0 +1,50 @@
+"""plain.json round trips for layer specs; the asymmetric conv padding Keras networks need."""
+
+import json
+import os
+
+import chex
+import jax
+import numpy as np
+
+import rmjax
+from rmjax import plain_io
+from rmjax.models.plain import Conv, Dense, GlobalAvgPool, PlainNet, ReLU
+
+
+def test_asymmetric_padding_round_trips(tmp_path):
+  layers = (Conv(3, 4, 3, 2, padding=(0, 1)), ReLU(6.0), Conv(4, 4, 3, padding=[1, 1]))
+  plain = PlainNet((*layers, GlobalAvgPool(), Dense(4, 3)))
+  assert plain.layers[2].padding == 1  # a symmetric pair is its int: equal layers stay equal
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  variables = plain.init(jax.random.key(1), x)
+  path = str(tmp_path / "plain")
+  rmjax.save_plain(path, plain, variables, input_shape=(8, 8, 3))
+  with open(os.path.join(path, "plain.json")) as f:
+    assert json.load(f)["layers"][0]["padding"] == [0, 1]
+  loaded, loaded_vars = rmjax.load_plain(path)
+  assert loaded == plain
+  chex.assert_trees_all_close(loaded.apply(loaded_vars, x), plain.apply(variables, x), atol=0)
+  assert "padding=((0, 1), (0, 1))" in str(plain) and "padding=(1, 1)" in str(plain)
+
+
+def test_old_plain_json_still_loads():
+  # Written before padding could be a pair: an int.
+  old = [{"type": "Conv", "in_features": 3, "out_features": 4, "kernel_size": 3, "stride": 1,
+          "padding": 1, "groups": 1, "use_bias": True}]  # fmt: skip
+  assert plain_io.layers_from_json(old) == (Conv(3, 4, 3, 1, padding=1),)
+
+
+def test_padding_low_high_is_tensorflow_same_on_even_sizes():
+  conv = Conv(3, 4, 3, 2, padding=(0, 1))
+  x = jax.random.normal(jax.random.key(0), (1, 8, 8, 3))
+  variables = PlainNet((conv,)).init(jax.random.key(1), x)
+  kernel = variables["params"]["layers_0"]["kernel"]
+  bias = variables["params"]["layers_0"]["bias"]
+  same = jax.lax.conv_general_dilated(
+    x, kernel, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  got = PlainNet((conv,)).apply(variables, x)
+  np.testing.assert_allclose(got, same + bias, atol=1e-5)
+  assert got.shape == (1, 4, 4, 4)
+  assert conv.pads == (0, 1) and Conv(3, 4, 3, padding=np.int64(2)).padding == 2
