@@ -53,9 +53,12 @@ def compare_with_plain(model, variables, make_batches, mesh: Mesh, *, keep_bn: b
   worst = 0.0
   for local in make_batches():
     images = jnp.asarray(local["image"]) if images is None else images
-    sums_model, sums_plain, diff = _compare_step(
-      variables, plain_vars, mesh.global_batch(local), apply_model, apply_plain
-    )
+    # Full float32 for the comparison: on GPUs XLA's default runs float32 convs in TF32, whose
+    # rounding (~1e-3 relative on H200) would swamp the difference RM introduces (~1e-6).
+    with jax.default_matmul_precision("highest"):
+      sums_model, sums_plain, diff = _compare_step(
+        variables, plain_vars, mesh.global_batch(local), apply_model, apply_plain
+      )
     totals_model = accumulate(totals_model, sums_model)
     totals_plain = accumulate(totals_plain, sums_plain)
     worst = max(worst, float(diff))

@@ -14,6 +14,8 @@ import numpy as np
 from flax import traverse_util
 from jax.extend import core as jex_core
 
+from rmjax.models.conv import conv_impl
+
 
 def _draw_batchnorm(rng, shape, zero_scale_fraction):
   magnitude = rng.uniform(0.3, 1.2, shape)
@@ -133,7 +135,10 @@ def count_residual_adds(fn, *args) -> int:
     >>> count_residual_adds(lambda x: plain.apply(plain_vars, x), x)
     0
   """
-  jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+  # XLA's convolutions throughout: the CPU formulations of depthwise convs add shifted taps,
+  # which are additions of two input-dependent tensors too.
+  with conv_impl("lax"):
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
   return _count_residual_adds(jaxpr, set(jaxpr.invars))
 
 
@@ -204,15 +209,19 @@ def count_macs(fn, *args, padding: bool = True) -> int:
   Counted from the jaxpr, so the residual and the plain network are measured the same way
   (papers' "FLOPs" usually mean these MACs). Grouped convs count `in / groups` per output.
   `padding=False` leaves out the kernel taps that fall on zero padding, as XLA's cost analysis
-  does.
+  does. Counted on XLA's convolutions whichever formulation a backend runs
+  (`rmjax.models.conv`): the arithmetic of the network, not of its implementation.
   """
-  return _count(jax.make_jaxpr(fn)(*args).jaxpr, padding)[0]
+  with conv_impl("lax"):
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+  return _count(jaxpr, padding)[0]
 
 
 def count_flops(fn, *args) -> int:
   """FLOPs of `fn(*args)` counted the way XLA's cost analysis counts them: 2 per multiply-add
   of convs and matmuls, taps on zero padding left out, plus one per element of elementwise ops
-  and reductions (bias, ReLU, BN, pooling). From the jaxpr, without compiling.
+  and reductions (bias, ReLU, BN, pooling). From the jaxpr, without compiling, of the program
+  as it runs here: a depthwise conv that runs as shifted multiply-adds counts those.
 
     >>> compiled = jax.jit(fn).lower(*args).compile()
     >>> count_flops(fn, *args) / compiled.cost_analysis()["flops"]   # ~1 (benchmarks check)

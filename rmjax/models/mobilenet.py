@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rmjax.models.conv import Conv
 from rmjax.models.resnet import (
   BN_EPSILON,
   BN_MOMENTUM,
@@ -75,11 +76,11 @@ def conv(
   *,
   groups: int = 1,
   padding: str = "torch",
-) -> nn.Conv:
+) -> Conv:
   """A bias-free conv, `groups` groups, padded as `conv_padding` says."""
   pad = conv_padding(kernel_size, stride, padding)
   pads = (pad, pad) if isinstance(pad, int) else pad
-  return nn.Conv(
+  return Conv(
     features,
     (kernel_size, kernel_size),
     strides=(stride, stride),
@@ -97,7 +98,7 @@ def batch_norm(train: bool, name: str, epsilon: float = BN_EPSILON) -> nn.BatchN
   )
 
 
-def depthwise(features: int, stride: int, name: str, padding: str = "torch") -> nn.Conv:
+def depthwise(features: int, stride: int, name: str, padding: str = "torch") -> Conv:
   """A depthwise 3x3 conv: one group per channel."""
   return conv(features, 3, stride, name, groups=features, padding=padding)
 

@@ -23,6 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# The Flax layer (an `nn.Conv` drop-in with fast CPU formulations) that runs a plain `Conv`.
+from rmjax.models.conv import Conv as ConvLayer
+
 
 def _pair(v: int) -> str:
   return f"({v}, {v})"
@@ -87,7 +90,7 @@ class Conv:
 
   def __call__(self, x, *, train: bool, name: str):
     del train
-    return nn.Conv(
+    return ConvLayer(
       self.out_features,
       (self.kernel_size, self.kernel_size),
       strides=(self.stride, self.stride),

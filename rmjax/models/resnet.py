@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rmjax.models.conv import Conv
+
 # torchvision's defaults: BN eps 1e-5, running-average momentum 0.1 (flax counts the other way).
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
@@ -33,10 +35,13 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 def conv(
   features: int, kernel_size: int, stride: int = 1, name: str | None = None, *, groups: int = 1
-) -> nn.Conv:
-  """A bias-free conv with PyTorch's symmetric padding (k // 2 on every side), `groups` groups."""
+) -> Conv:
+  """A bias-free conv with PyTorch's symmetric padding (k // 2 on every side), `groups` groups.
+
+  `Conv` is `nn.Conv`'s drop-in (same variables) that picks a fast implementation per shape.
+  """
   pad = kernel_size // 2
-  return nn.Conv(
+  return Conv(
     features,
     (kernel_size, kernel_size),
     strides=(stride, stride),

@@ -27,18 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from rmjax.models.conv import conv2d
 from rmjax.models.plain import Conv, PlainNet
 
 
 def _conv(x, kernel, spec: Conv, groups: int):
-  return lax.conv_general_dilated(
-    x,
-    kernel,
-    (spec.stride, spec.stride),
-    (spec.pads, spec.pads),
-    dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    feature_group_count=groups,
-  )
+  return conv2d(x, kernel, strides=spec.stride, padding=(spec.pads, spec.pads), groups=groups)
 
 
 def centre_samples(x, spec: Conv):
