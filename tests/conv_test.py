@@ -118,6 +118,11 @@ def test_choose_cpu_table_and_gpu():
   assert conv.choose("gpu", (8, 32, 32, 64), (3, 3, 1, 64), (1, 1), pads, 64) == "lax"
   assert conv.choose("cpu", (8, 32, 32, 64), (3, 3, 1, 64), (1, 1), pads, 64) == "shifted"
   assert conv.choose("cpu", (8, 32, 32, 128), (3, 3, 32, 128), (1, 1), pads, 4) == "split"
+  # Many groups: one einsum per tap keeps the program (and compile time) small.
+  many = conv.SPLIT_MAX_GROUPS * 2
+  assert conv.choose("cpu", (8, 8, 8, 4 * many), (3, 3, 4, 4 * many), (1, 1), pads, many) == (
+    "grouped"
+  )
   assert conv.choose("cpu", (8, 32, 32, 64), (1, 1, 64, 128), (2, 2), pads, 1) == "matmul"
   for x_shape, k_shape in (((8, 32, 32, 64), (3, 3, 64, 64)), ((8, 16, 16, 128), (3, 3, 128, 128))):
     assert conv.choose("cpu", x_shape, k_shape, (1, 1), pads, 1) in conv.IMPLS

@@ -11,6 +11,7 @@ import pytest
 
 from rmjax import models, transforms
 from rmjax.models import plain as plain_layers
+from rmjax.models.conv import conv_impl
 from rmjax.models.rmnext import PRESETS
 from rmjax.testing import conversion_sizes, eval_logits, random_variables
 
@@ -77,8 +78,14 @@ def test_every_preset_converts_exactly(name, keep_bn):
   variables = damp_residual_branches(random_variables(model, x, seed=3, zero_scale_fraction=0.05))
   convert = jax.jit(transforms.rm_convert, static_argnums=0, static_argnames="keep_bn")
   plain, plain_vars = convert(model, variables, keep_bn=keep_bn)
-  want = eval_logits(model, variables, x)
-  chex.assert_trees_all_close(eval_logits(plain, plain_vars, x), want, atol=1e-4, rtol=0)
+  # XLA's own grouped conv: RM's exactness does not depend on how a conv is computed (conv_test
+  # checks every formulation against it), and at these tiny shapes the CPU formulations'
+  # compile time dominates (rmnext41x4_8: 70 s split, 10 s lax). RMNeXt-26 runs on "auto" in
+  # convert_test and structured_test.
+  with conv_impl("lax"):
+    want = eval_logits(model, variables, x)
+    got = eval_logits(plain, plain_vars, x)
+  chex.assert_trees_all_close(got, want, atol=1e-4, rtol=0)
   assert 0.1 < float(jnp.abs(want).max()) < 1e3
 
 

@@ -64,9 +64,11 @@ _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("conv_imp
 # measurements; it loses where both channel counts are small, as in ResNet-20's first stage.
 WGRAD_MIN_CHANNELS = 32
 # One dense conv per group beat the per-tap einsum ("grouped") at every group count measured,
-# up to 64 groups of 2 channels (split 419 ms, grouped 565, lax 28.9 s); beyond that, unmeasured,
-# the einsum keeps the compiled program from growing with the group count.
-SPLIT_MAX_GROUPS = 64
+# up to 64 groups of 2 channels (split 419 ms, grouped 565, lax 28.9 s), but its program grows
+# with the group count and so does compile time: RMNeXt-41x4_8 (up to 24+ groups a layer),
+# batch 2, compile + run took 70 s split, 21 s grouped, 10 s lax. Beyond 16 groups the runtime
+# gain (~1.3x) no longer pays for that.
+SPLIT_MAX_GROUPS = 16
 # With XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot, XLA:CPU runs convolutions and dots
 # through YNNPACK, whose dense convolution (forward and both gradients) is 2-3x faster than the
 # default Eigen one on the machine above (dense 3x3 32x32x64: 233 vs 715 ms) and faster than
