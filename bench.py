@@ -5,11 +5,13 @@
   python bench.py --suites=resnet18 --modes=dense,structured --dtype=bfloat16
   python bench.py --quick                          # a tiny ResNet in seconds (CI)
   python bench.py --write_docs                     # also rewrites this device's docs section
+  python bench.py --suites=resnet18 --train_steps  # + a training step, rmjax beside PyTorch
 
 Prints a Markdown table and writes bench.json, bench.md and bench.png to --out_dir; progress
 goes to stderr, one line per measurement. The paper's protocol (Sec. 5: 50 warm-up + 50 timed
 batches of 128) is the default on accelerators; on CPU the default is 2 + 3 x 4 batches
-(--warmup, --batches, --repeats override both).
+(--warmup, --batches, --repeats override both). Where torch is installed, each network's
+PyTorch twin (same weights, eval mode, same threads) is timed beside it (--notorch: not).
 """
 
 import dataclasses
@@ -18,7 +20,7 @@ import sys
 
 from absl import app, flags
 
-from rmjax import bench, bench_report, bench_suites
+from rmjax import bench, bench_report, bench_suites, bench_torch, bench_train
 
 _SUITES = flags.DEFINE_list(
   "suites",
@@ -53,6 +55,26 @@ _CONVERT = flags.DEFINE_list(
   "Models whose jitted rm_convert to time at 224x224 (model names, or tiny). "
   "Default: resnet50,rmnext50x6_32 (tiny with --quick); pass --convert= for none.",
 )
+_TORCH = flags.DEFINE_bool(
+  "torch",
+  None,
+  "Also time each network's PyTorch twin (same weights, eval mode, same threads, same batch): "
+  "columns PyTorch imgs/s and rmjax / PyTorch. Default: on where torch is installed.",
+)
+_TORCH_CHANNELS_LAST = flags.DEFINE_bool(
+  "torch_channels_last",
+  False,
+  "Run the PyTorch twins in torch's channels-last memory format (NHWC in memory).",
+)
+_TRAIN_STEPS = flags.DEFINE_bool(
+  "train_steps",
+  False,
+  "Also time a training step (SGD with momentum) of each trainable (residual) network, in rmjax "
+  "and, with --torch, in PyTorch: the table 'Training step'.",
+)
+_TRAIN_BATCH_SIZES = flags.DEFINE_list(
+  "train_batch_sizes", None, "Batch sizes of the training steps. Default: --batch_sizes."
+)
 _OUT_DIR = flags.DEFINE_string("out_dir", "bench_results", "Where bench.json/.md/.png go.")
 _WRITE_DOCS = flags.DEFINE_bool(
   "write_docs",
@@ -84,6 +106,20 @@ def main(argv):
     batch_sizes = [int(b) for b in (_BATCH_SIZES.value or (["8"] if quick else ["128"]))]
   except ValueError:
     raise app.UsageError(f"--batch_sizes must be integers, got {_BATCH_SIZES.value}") from None
+  try:
+    train_batch_sizes = [int(b) for b in _TRAIN_BATCH_SIZES.value or batch_sizes]
+  except ValueError:
+    raise app.UsageError(
+      f"--train_batch_sizes must be integers, got {_TRAIN_BATCH_SIZES.value}"
+    ) from None
+  torch = bench_torch.available() if _TORCH.value is None else _TORCH.value
+  if torch and not bench_torch.available():
+    print(
+      "error: --torch needs PyTorch, which is not installed: pip install 'rmjax[interop]' "
+      "(or pass --notorch)",
+      file=sys.stderr,
+    )
+    return 2
   convert = (
     _CONVERT.value
     if _CONVERT.value is not None
@@ -107,7 +143,21 @@ def main(argv):
     modes=list(_MODES.value),
     command=" ".join(["python bench.py", *sys.argv[1:]]),
   )
-  rows = bench.run(networks, batch_sizes=batch_sizes, protocol=protocol)
+  channels_last = _TORCH_CHANNELS_LAST.value
+  if torch:
+    meta.update(bench_torch.configure(meta["cpu_count"]), torch_channels_last=channels_last)
+  rows = bench.run(
+    networks, batch_sizes=batch_sizes, protocol=protocol, torch=torch, channels_last=channels_last
+  )
+  train = []
+  if _TRAIN_STEPS.value:
+    train = bench_train.run(
+      networks,
+      batch_sizes=train_batch_sizes,
+      protocol=protocol,
+      torch=torch,
+      channels_last=channels_last,
+    )
   converted = []
   for name in convert:
     for keep_bn in (False, True):
@@ -118,7 +168,7 @@ def main(argv):
         f"{r['lower_seconds']:.2f}s, compiled in {r['compile_seconds']:.2f}s, "
         f"{r['call_ms']:.0f} ms a call"
       )
-  report = {"meta": meta, "results": rows, "convert": converted}
+  report = {"meta": meta, "results": rows, "train": train, "convert": converted}
   text = bench_report.markdown(report)
   print(text)
   os.makedirs(_OUT_DIR.value, exist_ok=True)
@@ -135,6 +185,13 @@ def main(argv):
   disagree = [r["network"] for r in rows if not r["flops_agree"]]
   if disagree:
     print(f"warning: XLA and analytical FLOPs disagree for {disagree}", file=sys.stderr)
+  twins = [f"{r['network']} (batch {r['batch_size']})" for r in rows if bench.twin_disagrees(r)]
+  if twins:
+    print(
+      f"warning: the PyTorch twin's logits differ from rmjax's by more than "
+      f"{bench.TWIN_TOLERANCE:g} x max(1, max |logit|) for {twins}",
+      file=sys.stderr,
+    )
   return 0
 
 

@@ -8,7 +8,11 @@ and of docs/*.md), XLA's FLOPs from the cost analysis of the lowered and compile
 the analytical count of the same (`testing.count_flops`; they must agree:
 `FLOPS_TOLERANCE`), peak memory (XLA's memory analysis: arguments + outputs + temporaries),
 compile time, the speed-up over its group's baseline and the max |logit difference| from the
-network it was converted from, on the timed batch.
+network it was converted from, on the timed batch. With `torch=True`, each network with a
+PyTorch twin (`rmjax.torch_twins`) is also timed in PyTorch by the same protocol on the same
+batch (`rmjax.bench_torch`), the two taking turns repeat by repeat: its imgs/s, the ratio
+rmjax / PyTorch, and the max |logit difference| between the two (the proof that they run the
+same weights).
 
   >>> nets = bench_suites.build(["tiny"])
   >>> rows = run(nets, batch_sizes=[8], protocol=Protocol(warmup=1, batches=2, repeats=1))
@@ -31,8 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmjax import transforms
+from rmjax import bench_torch, torch_twins, transforms
 from rmjax.bench_suites import Network, Settings, tiny_resnet
+from rmjax.models.plain import PlainNet
 from rmjax.testing import count_flops, count_macs, count_params, random_variables
 
 # XLA's FLOPs vs `count_flops`: the program jax hands XLA (lowered) matches the count to
@@ -42,6 +47,9 @@ from rmjax.testing import count_flops, count_macs, count_params, random_variable
 # structured conv and its copies); in bfloat16 up to 10% more, as XLA:CPU computes elementwise
 # ops in float32 and counts the conversions.
 FLOPS_TOLERANCE = 1e-3
+# rmjax vs its PyTorch twin: a larger max |logit difference| than this times max(1, max |logit|)
+# means they do not compute the same function (float32 round-off is ~1e-6 of the logits).
+TWIN_TOLERANCE = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,18 +107,33 @@ def images(batch: int, size: int, seed: int = 0):
   return jax.random.uniform(jax.random.key(seed), (batch, size, size, 3), jnp.float32)
 
 
+def batches(fn, args) -> Callable[[int], object]:
+  """`run(n)`: n calls of `fn(*args)` (compiled) dispatched back to back, then waited for — the
+  device never idles between batches, as in the paper's loop that synchronises once at the
+  end."""
+  return lambda n: jax.block_until_ready([fn(*args) for _ in range(n)])
+
+
+def time_batches(runs: Sequence[Callable[[int], object]], protocol: Protocol) -> list[list[float]]:
+  """Seconds per batch of each `run` (`run(n)` runs n batches and returns when they are done)
+  in each timed repeat, after the warm-up. The runs take turns — repeat 1 of each, then repeat
+  2 of each, ... — so that a change in the machine's load (another job starting) falls on
+  every run alike and does not skew their ratio."""
+  for run in runs:
+    for _ in range(protocol.warmup):
+      run(1)
+  per_batch: list[list[float]] = [[] for _ in runs]
+  for _ in range(protocol.repeats):
+    for run, seconds in zip(runs, per_batch, strict=True):
+      start = time.perf_counter()
+      run(protocol.batches)
+      seconds.append((time.perf_counter() - start) / protocol.batches)
+  return per_batch
+
+
 def time_compiled(fn, args, protocol: Protocol) -> list[float]:
   """Seconds per batch of `fn(*args)` (compiled) in each timed repeat, after the warm-up."""
-  for _ in range(protocol.warmup):
-    jax.block_until_ready(fn(*args))
-  per_batch = []
-  for _ in range(protocol.repeats):
-    start = time.perf_counter()
-    # Dispatched back to back, then waited for: the device never idles between batches, as in
-    # the paper's loop that synchronises once at the end.
-    jax.block_until_ready([fn(*args) for _ in range(protocol.batches)])
-    per_batch.append((time.perf_counter() - start) / protocol.batches)
-  return per_batch
+  return time_batches([batches(fn, args)], protocol)[0]
 
 
 def _flops(stage) -> float:
@@ -124,9 +147,13 @@ def _input_dtype(net: Network):
   return jax.tree.leaves(net.variables)[0].dtype
 
 
-def measure(net: Network, batch: int, protocol: Protocol) -> dict:
+def measure(
+  net: Network, batch: int, protocol: Protocol, beside: Sequence[Callable[[int], object]] = ()
+) -> dict:
   """One row: size, cost, memory, compile time and speed of `net` at `batch`, plus its logits
-  (under "logits", for logit differences; not part of the saved results)."""
+  (under "logits", for logit differences; not part of the saved results). `beside`: other
+  `run(n)`s timed in turn with this network (`time_batches`), their seconds per batch under
+  "beside_seconds" (not saved either)."""
   x = images(batch, net.image_size).astype(_input_dtype(net))
   start = time.perf_counter()
   lowered = jax.jit(net.apply).lower(net.variables, x)
@@ -144,7 +171,8 @@ def measure(net: Network, batch: int, protocol: Protocol) -> dict:
       + memory.temp_size_in_bytes
       - memory.alias_size_in_bytes
     )
-  speeds = [batch / s for s in time_compiled(compiled, (net.variables, x), protocol)]
+  mine, *others = time_batches([batches(compiled, (net.variables, x)), *beside], protocol)
+  speeds = [batch / s for s in mine]
   return {
     "network": net.name,
     "group": net.group,
@@ -166,6 +194,7 @@ def measure(net: Network, batch: int, protocol: Protocol) -> dict:
     "imgs_per_sec_max": max(speeds),
     "imgs_per_sec_repeats": speeds,
     "logits": np.asarray(compiled(net.variables, x), np.float32),
+    "beside_seconds": others,
   }
 
 
@@ -180,16 +209,30 @@ def run(
   batch_sizes: Sequence[int],
   protocol: Protocol,
   progress: Callable[[str], None] = log,
+  torch: bool = False,
+  channels_last: bool = False,
 ) -> list[dict]:
   """Measures every network at every batch size. Adds the speed-up over its group's baseline
-  and the max |logit difference| from its reference (None for a baseline / without one)."""
+  and the max |logit difference| from its reference (None for a baseline / without one); with
+  `torch`, the PyTorch twin's numbers (`torch_columns`), its batches timed in turn with
+  rmjax's (`time_batches`)."""
   rows, total, start = [], len(networks) * len(batch_sizes), time.perf_counter()
   for batch in batch_sizes:
     logits: dict[int, np.ndarray] = {}  # by id() of the network
     baseline: dict[str, dict] = {}
+    twins: dict[tuple[int, int], tuple] = {}  # (run, logits) by id() of model and variables
     for net in networks:
-      row = measure(net, batch, protocol)
+      twin = None
+      if torch and net.model is not None and torch_twins.supports(net.model):
+        # The modes of one plain network share its (dense) twin.
+        key = (id(net.model), id(net.variables))
+        if key not in twins:
+          x = np.asarray(images(batch, net.image_size))
+          twins[key] = bench_torch.inference(net, x, channels_last=channels_last)
+        twin = twins[key]
+      row = measure(net, batch, protocol, beside=[twin[0]] if twin else [])
       logits[id(net)] = row.pop("logits")
+      torch_seconds = row.pop("beside_seconds")
       if net.role == "baseline":
         baseline.setdefault(net.group, row)
       base = baseline.get(net.group)
@@ -203,6 +246,9 @@ def run(
           x = images(batch, ref.image_size).astype(_input_dtype(ref))
           logits[id(ref)] = np.asarray(jax.jit(ref.apply)(ref.variables, x), np.float32)
         row["max_abs_logit_diff"] = float(np.max(np.abs(logits[id(net)] - logits[id(ref)])))
+      if torch:
+        seconds = torch_seconds[0] if twin else None
+        row.update(torch_columns(net, row, logits[id(net)], seconds, twin and twin[1]))
       rows.append(row)
       progress(
         f"[{len(rows)}/{total} {time.perf_counter() - start:.0f}s] {net.name}, batch {batch}: "
@@ -210,7 +256,45 @@ def run(
         f"({row['imgs_per_sec_min']:.1f}-{row['imgs_per_sec_max']:.1f}), "
         f"XLA/analytical FLOPs {row['flops_ratio']:.4f}"
       )
+      if twin:
+        shared = " (of the dense form)" if net.mode not in ("", "dense") else ""
+        progress(
+          f"  PyTorch twin{shared}: "
+          f"{row['torch_imgs_per_sec']:.1f} imgs/s ({row['torch_imgs_per_sec_min']:.1f}-"
+          f"{row['torch_imgs_per_sec_max']:.1f}), rmjax / PyTorch {row['torch_ratio']:.2f}, "
+          f"max |logit diff| {row['torch_max_abs_logit_diff']:.1e}"
+        )
   return rows
+
+
+def torch_columns(
+  net: Network,
+  row: dict,
+  logits: np.ndarray,
+  seconds: list[float] | None,
+  torch_logits: np.ndarray | None,
+) -> dict:
+  """The PyTorch columns of `net`'s `row` from its twin's seconds per batch and logits (None:
+  no twin): `torch_imgs_per_sec` (median, min, max, repeats), `torch_ratio` (rmjax / PyTorch
+  imgs/s), `torch_max_abs_logit_diff` from rmjax's `logits` (whose max |logit| is
+  `max_abs_logit`), `torch_twin` (what the twin computes: "dense" for a plain network in any
+  mode, "" for another network). All None without a twin."""
+  keys = ("imgs_per_sec", "imgs_per_sec_min", "imgs_per_sec_max", "imgs_per_sec_repeats")
+  columns = {f"torch_{k}": None for k in (*keys, "ratio", "max_abs_logit_diff", "twin")}
+  columns["max_abs_logit"] = float(np.max(np.abs(logits)))
+  if seconds is None:
+    return columns
+  columns.update(bench_torch.speeds("torch_", row["batch_size"], seconds))
+  columns["torch_ratio"] = row["imgs_per_sec"] / columns["torch_imgs_per_sec"]
+  columns["torch_max_abs_logit_diff"] = float(np.max(np.abs(torch_logits - logits)))
+  columns["torch_twin"] = "dense" if isinstance(net.model, PlainNet) else ""
+  return columns
+
+
+def twin_disagrees(row: dict) -> bool:
+  """Whether a row's PyTorch twin computed other logits than rmjax (see TWIN_TOLERANCE)."""
+  diff = row.get("torch_max_abs_logit_diff")
+  return diff is not None and diff > TWIN_TOLERANCE * max(1.0, row["max_abs_logit"])
 
 
 def time_convert(

@@ -27,25 +27,46 @@ def _speed(row) -> str:
   return f"{row['imgs_per_sec']:.1f} ({row['imgs_per_sec_min']:.1f}–{row['imgs_per_sec_max']:.1f})"
 
 
+def _torch_speed(row, prefix: str = "torch_") -> str:
+  median = row.get(f"{prefix}imgs_per_sec")
+  if median is None:
+    return ""
+  low, high = row[f"{prefix}imgs_per_sec_min"], row[f"{prefix}imgs_per_sec_max"]
+  return f"{median:.1f}" if low == high else f"{median:.1f} ({low:.1f}–{high:.1f})"
+
+
+def _ratio(row) -> str:
+  return "" if row.get("torch_ratio") is None else f"{row['torch_ratio']:.2f}"
+
+
 def header(meta) -> str:
-  """One paragraph: device, versions, date, dtype, protocol."""
+  """One paragraph: device, versions, date, dtype, protocol (and PyTorch's, where timed)."""
   p = meta["protocol"]
+  torch = ""
+  if meta.get("torch_version"):
+    layout = ", channels-last" if meta.get("torch_channels_last") else ""
+    torch = (
+      f" PyTorch {meta['torch_version']} ({meta['torch_threads']} threads{layout}): each "
+      "network's twin (`rmjax.torch_twins`, same weights, eval mode), same protocol and batch."
+    )
   return (
     f"**{meta['device']}** ({meta['platform']}, {meta['cpu_count']} CPU cores visible), "
     f"jax {meta['jax_version']}, flax {meta['flax_version']}, {meta['date']}. "
     f"{meta['dtype']}, {meta['image_size']}x{meta['image_size']} inputs; "
     f"per network and batch size: {p['warmup']} warm-up batches, then {p['repeats']} x "
     f"{p['batches']} timed batches (imgs/s: median over the {p['repeats']} repeats, "
-    "(min–max))."
+    f"(min–max)).{torch}"
   )
 
 
-def speed_table(rows, batch_size: int) -> list[str]:
-  """All columns at one batch size."""
+def speed_table(rows, batch_size: int, torch: bool = False) -> list[str]:
+  """All columns at one batch size; with `torch`, PyTorch's imgs/s and rmjax / PyTorch too
+  (blank for a network without a twin)."""
+  extra = " PyTorch imgs/s | rmjax / PyTorch |" if torch else ""
   lines = [
     f"| network (batch {batch_size}) | params | MACs / img | XLA FLOPs / img (÷ analytical) "
-    "| peak memory | compile | imgs/s | speed-up | max abs logit diff |",
-    "|---|---|---|---|---|---|---|---|---|",
+    f"| peak memory | compile | imgs/s | speed-up | max abs logit diff |{extra}",
+    "|---|---|---|---|---|---|---|---|---|" + "---|" * (2 if torch else 0),
   ]
   for r in rows:
     if r["batch_size"] != batch_size:
@@ -58,6 +79,26 @@ def speed_table(rows, batch_size: int) -> list[str]:
       f"| {r['network']} | {_count(r['params'])} | {_count(r['macs_per_image'])} "
       f"| {_count(r['xla_flops_per_image'])} ({r['flops_ratio']:.3f}{agree}) | {memory} "
       f"| {r['compile_seconds']:.1f} s | {_speed(r)} | {speedup} | {diff} |"
+      + (f" {_torch_speed(r)} | {_ratio(r)} |" if torch else "")
+    )
+  return lines
+
+
+def train_table(rows) -> list[str]:
+  """The training step: rmjax's imgs/s beside PyTorch's (blank without torch), per network and
+  batch size, and each framework's loss at the first step (same weights: same loss)."""
+  lines = [
+    "| training step | batch | compile | rmjax imgs/s | PyTorch imgs/s | rmjax / PyTorch "
+    "| first-step loss: rmjax, PyTorch |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    losses = f"{r['first_loss']:.4f}"
+    if r.get("torch_first_loss") is not None:
+      losses += f", {r['torch_first_loss']:.4f}"
+    lines.append(
+      f"| {r['network']} | {r['batch_size']} | {r['compile_seconds']:.1f} s | {_speed(r)} "
+      f"| {_torch_speed(r, 'torch_train_')} | {_ratio(r)} | {losses} |"
     )
   return lines
 
@@ -103,12 +144,20 @@ def markdown(report) -> str:
   """The whole report: header, one table per batch size, the sweep, rm_convert timings."""
   meta, rows = report["meta"], report["results"]
   sizes = sorted({r["batch_size"] for r in rows})
+  torch = bool(meta.get("torch_version"))
   parts = [header(meta), ""]
   for b in sizes:
-    parts += [*speed_table(rows, b), ""]
+    parts += [*speed_table(rows, b, torch), ""]
   if len(sizes) > 1:
     parts += ["imgs/s by batch size (speed-up over the group's baseline):", ""]
     parts += [*sweep_table(rows), ""]
+  if report.get("train"):
+    parts += [
+      "Training step (`--train_steps`): forward in training mode, cross-entropy, backward, SGD "
+      "with momentum and weight decay (`rmjax.bench_train`; PyTorch: `torch.optim.SGD`):",
+      "",
+    ]
+    parts += [*train_table(report["train"]), ""]
   if report.get("convert"):
     parts += ["`jax.jit(rm_convert)` with random variables (compiled once, then called):", ""]
     parts += [*convert_table(report["convert"]), ""]
@@ -120,6 +169,12 @@ def markdown(report) -> str:
     "are shown, with their ratio to that count: fusion recomputes cheap elementwise ops in each "
     "consumer. Speed-up: over the first network of the group; logit difference: from the "
     "network it was converted from, on the timed batch."
+    + (
+      " PyTorch: the twin of a plain network is its dense form, whatever mode rmjax runs it in; "
+      "rmjax / PyTorch is the ratio of imgs/s (above 1: rmjax is faster)."
+      if torch
+      else ""
+    )
   )
   return "\n".join(parts) + "\n"
 

@@ -34,7 +34,9 @@ class Network:
 
   `group` collects a baseline with what is compared to it; `role` is "baseline" (what speed-ups
   refer to) or "plain". `reference` is the network this one must compute exactly (the one it
-  was converted from): the benchmark reports their max |logit difference|.
+  was converted from): the benchmark reports their max |logit difference|. `model` is the Flax
+  module `apply` runs (a PlainNet in any mode): what training steps and PyTorch twins
+  (`rmjax.torch_twins`) are built from.
   """
 
   name: str
@@ -45,6 +47,7 @@ class Network:
   image_size: int
   mode: str = ""
   reference: Network | None = None
+  model: Any = None
 
 
 # How a PlainNet runs, by name (bench.py --modes). "dense" is the canonical form; "structured"
@@ -86,7 +89,8 @@ def residual(label: str, model, settings: Settings, role: str = "baseline"):
   x = jax.ShapeDtypeStruct((1, settings.image_size, settings.image_size, 3), jnp.float32)
   variables = random_variables(model, x, settings.seed)
   apply = functools.partial(model.apply, train=False)
-  net = Network(label, label, role, apply, cast(variables, settings.dtype), settings.image_size)
+  dtype = settings.dtype
+  net = Network(label, label, role, apply, cast(variables, dtype), settings.image_size, model=model)
   return net, variables
 
 
@@ -109,6 +113,7 @@ def plain_forms(label: str, source: Network, model, variables, settings: Setting
       settings.image_size,
       mode=mode,
       reference=source,
+      model=plain,
     )
     for mode in settings.modes
     if mode != "structured" or structured

@@ -1,5 +1,6 @@
 """bench.py --quick: it runs and writes its report (no speed is asserted), and the pieces of
-rmjax.bench / rmjax.bench_report it is made of."""
+rmjax.bench / rmjax.bench_report it is made of; with torch installed, the PyTorch column and
+the training-step table; without it, rmjax alone (and a clear error if --torch asks for it)."""
 
 import json
 import os
@@ -19,7 +20,15 @@ def quick_run(tmp_path_factory):
   docs = out / "benchmarks.md"
   docs.write_text("# Benchmarks\n\nHand-written notes stay.\n")
   result = subprocess.run(
-    [sys.executable, "bench.py", "--quick", f"--out_dir={out}", "--write_docs", f"--docs={docs}"],
+    [
+      sys.executable,
+      "bench.py",
+      "--quick",
+      "--train_steps",
+      f"--out_dir={out}",
+      "--write_docs",
+      f"--docs={docs}",
+    ],
     cwd=ROOT,
     capture_output=True,
     text=True,
@@ -85,3 +94,88 @@ def test_unknown_suites_and_modes_are_named():
     bench_suites.build(["nope"])
   with pytest.raises(ValueError, match="unknown plain mode.*fast"):
     bench_suites.build(["tiny"], bench_suites.Settings(modes=("fast",)))
+
+
+def test_quick_run_times_the_pytorch_twins_beside_rmjax(quick_run):
+  pytest.importorskip("torch")
+  out, result = quick_run
+  report = json.loads((out / "bench.json").read_text())
+  meta = report["meta"]
+  assert meta["torch_version"] and meta["torch_threads"] == meta["cpu_count"]
+  for r in report["results"]:
+    assert r["torch_imgs_per_sec"] > 0 and len(r["torch_imgs_per_sec_repeats"]) == 1
+    assert r["torch_ratio"] == pytest.approx(r["imgs_per_sec"] / r["torch_imgs_per_sec"])
+    assert r["torch_max_abs_logit_diff"] < 1e-4  # same weights, same function
+  baseline, dense, structured = report["results"]
+  assert baseline["torch_twin"] == "" and dense["torch_twin"] == structured["torch_twin"] == "dense"
+  # The structured mode has no twin of its own: it is compared with the dense form's (timed
+  # again, in turn with it).
+  assert structured["torch_max_abs_logit_diff"] < 1e-4
+  markdown = (out / "bench.md").read_text()
+  assert "| PyTorch imgs/s | rmjax / PyTorch |" in markdown
+  assert f"PyTorch {meta['torch_version']}" in markdown
+  assert "  PyTorch twin (of the dense form):" in result.stderr
+
+
+def test_quick_run_times_a_training_step(quick_run):
+  out, result = quick_run
+  report = json.loads((out / "bench.json").read_text())
+  (row,) = report["train"]  # the tiny suite's one trainable network
+  assert row["network"] == "tiny ResNet" and row["batch_size"] == 8
+  assert row["imgs_per_sec"] > 0 and row["compile_seconds"] > 0 and row["first_loss"] > 0
+  assert "[train 1/1 " in result.stderr
+  markdown = (out / "bench.md").read_text()
+  assert "| training step | batch |" in markdown and "| tiny ResNet | 8 |" in markdown
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    assert row["torch_train_imgs_per_sec"] is None
+    return
+  assert row["torch_train_imgs_per_sec"] > 0
+  assert row["torch_ratio"] == pytest.approx(row["imgs_per_sec"] / row["torch_train_imgs_per_sec"])
+  assert row["first_loss_diff"] < 1e-4  # the same loss before the first update
+
+
+def test_markdown_without_torch_has_no_pytorch_columns(quick_run):
+  out, _ = quick_run
+  report = json.loads((out / "bench.json").read_text())
+  for key in ("torch_version", "torch_threads"):
+    report["meta"].pop(key, None)
+  lines = bench_report.markdown(report).splitlines()
+  header = next(line for line in lines if line.startswith("| network (batch 8)"))
+  assert header.endswith("| imgs/s | speed-up | max abs logit diff |")
+  assert "PyTorch" not in bench_report.header(report["meta"])
+
+
+@pytest.fixture
+def without_torch(tmp_path):
+  """An environment in which `import torch` fails, as where it is not installed."""
+  (tmp_path / "torch").mkdir()
+  (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('no torch here')\n")
+  return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT])}
+
+
+def test_without_torch_rmjax_imports_and_torch_is_an_error_only_when_asked(without_torch):
+  code = (
+    "from rmjax import bench, bench_torch, bench_train, torch_twins\n"
+    "assert not bench_torch.available()\n"
+    "try:\n"
+    "  torch_twins.to_nchw([[[[0.0]]]])\n"
+    "except ImportError as e:\n"
+    "  print(e)\n"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code], env=without_torch, capture_output=True, text=True, timeout=120
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "pip install 'rmjax[interop]'" in result.stdout
+  result = subprocess.run(
+    [sys.executable, "bench.py", "--quick", "--torch"],
+    cwd=ROOT,
+    env=without_torch,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 2
+  assert "error: --torch needs PyTorch, which is not installed" in result.stderr

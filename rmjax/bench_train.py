@@ -1,0 +1,170 @@
+"""Training-step speed (`bench.py --train_steps`): one SGD step of each trainable network, in
+rmjax and, where torch is there, in its PyTorch twin (`rmjax.bench_torch`).
+
+The step is what training does: the forward pass in training mode (BN on batch statistics,
+running averages updated), cross-entropy on random labels, gradients, SGD with momentum
+`MOMENTUM` and weight decay `WEIGHT_DECAY` (optax's `add_decayed_weights` then `sgd`, which is
+`torch.optim.SGD(momentum=, weight_decay=)`). In rmjax it is one `jax.jit` with the parameters,
+BN statistics and optimizer state donated, run back to back and waited for at the end of each
+repeat, with the protocol of `rmjax.bench`, taking turns with PyTorch repeat by repeat. The
+first step (before any update) is run apart: its loss, in both frameworks, shows that the two
+start from the same weights.
+
+  >>> rows = run(bench_suites.build(["tiny"]), batch_sizes=[8], protocol=bench.QUICK)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rmjax import bench_torch, torch_twins
+from rmjax.bench import images, log, time_batches
+from rmjax.bench_suites import Network
+from rmjax.models.plain import PlainNet
+
+LEARNING_RATE = 0.01
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+
+
+def trainable(networks: Sequence[Network]) -> list[Network]:
+  """The networks to time a training step of, each once, in order: every network that is not a
+  plain (converted) one, and the training forms plain networks were converted from (RepVGG's,
+  which the benchmark does not time for inference)."""
+  out: dict[int, Network] = {}
+  for net in networks:
+    for candidate in (net, net.reference):
+      model = None if candidate is None else candidate.model
+      if model is not None and not isinstance(model, PlainNet):
+        out.setdefault(id(candidate), candidate)
+  return list(out.values())
+
+
+def labels(batch: int, num_classes: int, seed: int = 0) -> np.ndarray:
+  """The benchmark's random labels, int32."""
+  return np.random.default_rng(seed).integers(0, num_classes, batch).astype(np.int32)
+
+
+def num_classes(net: Network) -> int:
+  x = jax.ShapeDtypeStruct((1, net.image_size, net.image_size, 3), jnp.float32)
+  return jax.eval_shape(net.apply, net.variables, x).shape[-1]
+
+
+def optimizer() -> optax.GradientTransformation:
+  return optax.chain(
+    optax.add_decayed_weights(WEIGHT_DECAY), optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
+  )
+
+
+def sgd_step(model, tx: optax.GradientTransformation):
+  """`step(params, batch_stats, opt_state, x, labels) -> (params, batch_stats, opt_state,
+  loss)`, jitted, its first three arguments donated."""
+
+  def step(params, batch_stats, opt_state, x, y):
+    def loss_fn(params):
+      logits, updates = model.apply(
+        {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+      )
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      return loss, updates["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+  return jax.jit(step, donate_argnums=(0, 1, 2))
+
+
+def measure(
+  net: Network, batch: int, protocol, beside: Sequence[Callable[[int], object]] = ()
+) -> dict:
+  """rmjax's training step of `net` at `batch`: compile time, imgs/s (median, min, max,
+  repeats) and the first step's loss. `beside`: other `run(n)`s timed in turn with it
+  (`bench.time_batches`), their seconds per batch under "beside_seconds"."""
+  dtype = jax.tree.leaves(net.variables)[0].dtype
+  x = images(batch, net.image_size).astype(dtype)
+  y = jnp.asarray(labels(batch, num_classes(net)))
+  tx = optimizer()
+  # Copies: the step donates (deletes) its inputs, and the network's variables live on.
+  params = jax.tree.map(jnp.copy, net.variables["params"])
+  state = (params, jax.tree.map(jnp.copy, net.variables["batch_stats"]), tx.init(params))
+  start = time.perf_counter()
+  compiled = sgd_step(net.model, tx).lower(*state, x, y).compile()
+  compile_s = time.perf_counter() - start
+  *state, loss = compiled(*state, x, y)
+  first_loss = float(loss)
+
+  def run(n: int):
+    nonlocal state
+    for _ in range(n):
+      *state, _ = compiled(*state, x, y)
+    jax.block_until_ready(state)
+
+  mine, *others = time_batches([run, *beside], protocol)
+  return {
+    "network": net.name,
+    "group": net.group,
+    "batch_size": batch,
+    "image_size": net.image_size,
+    "compile_seconds": compile_s,
+    "first_loss": first_loss,
+    **bench_torch.speeds("", batch, mine),
+    "beside_seconds": others,
+  }
+
+
+def run(
+  networks: Sequence[Network],
+  *,
+  batch_sizes: Sequence[int],
+  protocol,
+  torch: bool = False,
+  channels_last: bool = False,
+  progress: Callable[[str], None] = log,
+) -> list[dict]:
+  """A row per trainable network (`trainable`) and batch size: rmjax's step and, with
+  `torch`, its twin's, timed in turn with it (`torch_train_imgs_per_sec`, `torch_ratio` =
+  rmjax / PyTorch, `torch_first_loss`, `first_loss_diff`); None in those without a twin."""
+  nets = trainable(networks)
+  rows, total, start = [], len(nets) * len(batch_sizes), time.perf_counter()
+  for batch in batch_sizes:
+    for net in nets:
+      twin = None
+      if torch and torch_twins.supports(net.model):
+        twin = bench_torch.training(
+          net,
+          np.asarray(images(batch, net.image_size)),
+          labels(batch, num_classes(net)),
+          learning_rate=LEARNING_RATE,
+          momentum=MOMENTUM,
+          weight_decay=WEIGHT_DECAY,
+          channels_last=channels_last,
+        )
+      row = measure(net, batch, protocol, beside=[twin[0]] if twin else [])
+      torch_seconds = row.pop("beside_seconds")
+      keys = ("imgs_per_sec", "imgs_per_sec_min", "imgs_per_sec_max", "imgs_per_sec_repeats")
+      row.update({f"torch_train_{k}": None for k in keys})
+      row.update(torch_ratio=None, torch_first_loss=None, first_loss_diff=None)
+      line = f"{row['imgs_per_sec']:.1f} imgs/s"
+      if twin:
+        row.update(bench_torch.speeds("torch_train_", batch, torch_seconds[0]))
+        row["torch_ratio"] = row["imgs_per_sec"] / row["torch_train_imgs_per_sec"]
+        row["torch_first_loss"] = twin[1]
+        row["first_loss_diff"] = abs(row["first_loss"] - twin[1])
+        line += (
+          f", PyTorch {row['torch_train_imgs_per_sec']:.1f} imgs/s "
+          f"(rmjax / PyTorch {row['torch_ratio']:.2f}), first losses "
+          f"{row['first_loss']:.4f} / {twin[1]:.4f}"
+        )
+      rows.append(row)
+      progress(
+        f"[train {len(rows)}/{total} {time.perf_counter() - start:.0f}s] {net.name}, batch "
+        f"{batch}: compiled in {row['compile_seconds']:.1f}s, {line}"
+      )
+  return rows
