@@ -81,6 +81,12 @@ _WRITE_DOCS = flags.DEFINE_bool(
   False,
   "Also put the tables into docs/benchmarks.md, in the section of this platform (cpu, gpu).",
 )
+_DOCS_SECTION = flags.DEFINE_string(
+  "docs_section",
+  None,
+  "The marked section of --docs that --write_docs replaces (and the plot's name). Default: the "
+  "platform (cpu, gpu); another name keeps a second table, e.g. cpu-torch.",
+)
 _DOCS = flags.DEFINE_string(
   "docs",
   os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "benchmarks.md"),
@@ -177,12 +183,14 @@ def main(argv):
     f.write(text)
   bench_report.plot(report, os.path.join(_OUT_DIR.value, "bench.png"))
   if _WRITE_DOCS.value:
-    figure = f"benchmarks_{meta['platform']}.png"
+    figure = f"benchmarks_{_DOCS_SECTION.value or meta['platform']}.png"
     bench_report.plot(report, os.path.join(os.path.dirname(_DOCS.value), figure))
     title = f"## {meta['platform'].upper()}: {meta['device']}\n\n`{meta['command']}`\n\n"
     plot = f"\n![speed-up and imgs/s against batch size]({figure})\n"
-    bench_report.update_docs(_DOCS.value, meta["platform"], title + text + plot)
-  disagree = [r["network"] for r in rows if not r["flops_agree"]]
+    bench_report.update_docs(
+      _DOCS.value, _DOCS_SECTION.value or meta["platform"], title + text + plot
+    )
+  disagree = [r["network"] for r in rows if r["flops_agree"] is False]
   if disagree:
     print(f"warning: XLA and analytical FLOPs disagree for {disagree}", file=sys.stderr)
   twins = [f"{r['network']} (batch {r['batch_size']})" for r in rows if bench.twin_disagrees(r)]

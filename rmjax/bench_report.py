@@ -72,7 +72,7 @@ def speed_table(rows, batch_size: int, torch: bool = False) -> list[str]:
     if r["batch_size"] != batch_size:
       continue
     memory = "—" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.0f} MiB"
-    agree = "" if r["flops_agree"] else " ⚠"
+    agree = {True: "", False: " ⚠", None: " n/a"}[r["flops_agree"]]
     speedup = "—" if r["speedup"] is None else f"{r['speedup']:.2f}x"
     diff = "—" if r["max_abs_logit_diff"] is None else f"{r['max_abs_logit_diff']:.1e}"
     lines.append(
@@ -165,7 +165,8 @@ def markdown(report) -> str:
     "MACs count every kernel tap (the papers' FLOPs). XLA's cost analysis counts 2 FLOPs per "
     "multiply-add, skips taps on zero padding and adds one per element of bias, ReLU, BN and "
     "pooling; the analytical count of that (`rmjax.testing.count_flops`) matches the program "
-    f"given to XLA within {FLOPS_TOLERANCE:.1%} (⚠ where not). The compiled program's FLOPs "
+    f"given to XLA within {FLOPS_TOLERANCE:.1%} (⚠ where not; n/a where XLA gives no count, as on "
+    "GPUs, whose cost analysis leaves out cuDNN's convolutions). The compiled program's FLOPs "
     "are shown, with their ratio to that count: fusion recomputes cheap elementwise ops in each "
     "consumer. Speed-up: over the first network of the group; logit difference: from the "
     "network it was converted from, on the timed batch."

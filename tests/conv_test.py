@@ -208,3 +208,11 @@ class ModuleTest(chex.TestCase):
       got = self.variant(ours.apply)(variables, x)
       want = theirs.apply(variables, x)
     chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_empty_output_is_computed_like_lax():
+  # A 1x1 input, 3x3 kernel, stride 2, Keras padding (0, 1): (1 + 1 - 3) // 2 + 1 = 0 rows.
+  x, k = jnp.ones((2, 1, 1, 4)), jnp.ones((3, 3, 1, 4))
+  for impl in ("auto", "shifted"):
+    y = conv.conv2d(x, k, strides=2, padding=((0, 1), (0, 1)), groups=4, impl=impl)
+    assert y.shape == lax_conv(x, k, (2, 2), ((0, 1), (0, 1)), 4).shape

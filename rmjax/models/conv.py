@@ -245,6 +245,11 @@ def conv2d(
   if min(min(p) for p in pads) < 0:
     raise ValueError(f"negative padding {pads} is not supported")
   name = resolve(impl, x.shape, kernel.shape, strides, pads, groups)
+  out_hw = [
+    conv_impls.out_size(x.shape[1 + a], kernel.shape[a], strides[a], pads[a]) for a in (0, 1)
+  ]
+  if min(out_hw) <= 0:
+    name = "lax"  # an empty output (a tiny input at stride 2): nothing to formulate
   if name == "split":
     dense = functools.partial(_dense, impl=impl)
     return conv_impls.split(x, kernel, strides, pads, groups, precision, dense=dense)
