@@ -185,7 +185,8 @@ def main(argv):
   if _WRITE_DOCS.value:
     figure = f"benchmarks_{_DOCS_SECTION.value or meta['platform']}.png"
     bench_report.plot(report, os.path.join(os.path.dirname(_DOCS.value), figure))
-    title = f"## {meta['platform'].upper()}: {meta['device']}\n\n`{meta['command']}`\n\n"
+    section = _DOCS_SECTION.value or meta["platform"]
+    title = f"## {section.upper()}: {meta['device']}\n\n`{meta['command']}`\n\n"
     plot = f"\n![speed-up and imgs/s against batch size]({figure})\n"
     bench_report.update_docs(
       _DOCS.value, _DOCS_SECTION.value or meta["platform"], title + text + plot
