@@ -82,7 +82,7 @@ def conv_layers(draw):
   return (batch, h, w, cin), (kh, kw, cin // groups, cout), strides, pads, groups
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(conv_layers(), st.data())
 def test_every_impl_equals_lax(layer, data):
   # One implementation per example keeps it to one small compile (this file runs in ~1 min).
