@@ -183,9 +183,9 @@ def main(argv):
     f.write(text)
   bench_report.plot(report, os.path.join(_OUT_DIR.value, "bench.png"))
   if _WRITE_DOCS.value:
-    figure = f"benchmarks_{_DOCS_SECTION.value or meta['platform']}.png"
-    bench_report.plot(report, os.path.join(os.path.dirname(_DOCS.value), figure))
     section = _DOCS_SECTION.value or meta["platform"]
+    figure = f"benchmarks_{section}.png"
+    bench_report.plot(report, os.path.join(os.path.dirname(_DOCS.value), figure))
     title = f"## {section.upper()}: {meta['device']}\n\n`{meta['command']}`\n\n"
     plot = f"\n![speed-up and imgs/s against batch size]({figure})\n"
     bench_report.update_docs(

@@ -78,7 +78,7 @@ def device_info() -> dict[str, Any]:
   device = jax.devices()[0]
   name = device.device_kind
   if device.platform == "cpu":
-    name = _cpu_model() or platform.processor() or name
+    name = cpu_model() or platform.processor() or name
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   return {
     "device": name,
@@ -92,7 +92,8 @@ def device_info() -> dict[str, Any]:
   }
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
+  """The CPU's model name from /proc/cpuinfo (None where there is none)."""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:

@@ -135,11 +135,17 @@ def count_residual_adds(fn, *args) -> int:
     >>> count_residual_adds(lambda x: plain.apply(plain_vars, x), x)
     0
   """
-  # XLA's convolutions throughout: the CPU formulations of depthwise convs add shifted taps,
-  # which are additions of two input-dependent tensors too.
-  with conv_impl("lax"):
-    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+  # On XLA's convolutions: the CPU formulations of depthwise convs add shifted taps, which are
+  # additions of two input-dependent tensors too.
+  jaxpr = _jaxpr_on_lax_convs(fn, *args)
   return _count_residual_adds(jaxpr, set(jaxpr.invars))
+
+
+def _jaxpr_on_lax_convs(fn, *args):
+  """The jaxpr of `fn(*args)` traced with XLA's convolutions, whatever a backend would run
+  (`rmjax.models.conv`): the network's arithmetic, not its formulation."""
+  with conv_impl("lax"):
+    return jax.make_jaxpr(fn)(*args).jaxpr
 
 
 def _valid_taps(size: int, kernel: int, stride: int, low: int, high: int, dilation: int) -> int:
@@ -212,9 +218,7 @@ def count_macs(fn, *args, padding: bool = True) -> int:
   does. Counted on XLA's convolutions whichever formulation a backend runs
   (`rmjax.models.conv`): the arithmetic of the network, not of its implementation.
   """
-  with conv_impl("lax"):
-    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
-  return _count(jaxpr, padding)[0]
+  return _count(_jaxpr_on_lax_convs(fn, *args), padding)[0]
 
 
 def count_flops(fn, *args) -> int:

@@ -23,6 +23,7 @@ import time
 
 import jax
 
+from rmjax import bench
 from rmjax.models import conv
 
 
@@ -170,17 +171,6 @@ def _round_robin(runs, repeats: int, slow: float = 5.0) -> dict[str, tuple[float
   return {name: tuple(1e3 * statistics.median(t) for t in ts) for name, ts in times.items()}
 
 
-def _cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown CPU"
-
-
 def header(batch: int, repeats: int, with_torch: bool) -> list[str]:
   load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
   versions = f"jax {jax.__version__}"
@@ -188,8 +178,9 @@ def header(batch: int, repeats: int, with_torch: bool) -> list[str]:
     import torch
 
     versions += f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
+  cpu = bench.cpu_model() or platform.processor() or "unknown CPU"
   return [
-    f"{datetime.date.today()}, {_cpu_name()}, {os.cpu_count()} cores, backend "
+    f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores, backend "
     f"{jax.default_backend()}, {versions}; load average before the run {load}.",
     f"Batch {batch}, float32, ms per call, median of {repeats} (round-robin over the",
     "implementations; a call over 5 s is timed once); fwd+bwd computes the output and the",
