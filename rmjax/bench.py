@@ -133,11 +133,6 @@ def time_batches(runs: Sequence[Callable[[int], object]], protocol: Protocol) ->
   return per_batch
 
 
-def time_compiled(fn, args, protocol: Protocol) -> list[float]:
-  """Seconds per batch of `fn(*args)` (compiled) in each timed repeat, after the warm-up."""
-  return time_batches([batches(fn, args)], protocol)[0]
-
-
 def _flops(stage) -> float:
   """ "flops" of a lowered or compiled program's cost analysis (NaN where XLA gives none)."""
   cost = stage.cost_analysis()
