@@ -123,9 +123,20 @@ def test_choose_cpu_table_and_gpu():
   assert conv.choose("cpu", (8, 8, 8, 4 * many), (3, 3, 4, 4 * many), (1, 1), pads, many) == (
     "grouped"
   )
-  assert conv.choose("cpu", (8, 32, 32, 64), (1, 1, 64, 128), (2, 2), pads, 1) == "matmul"
-  for x_shape, k_shape in (((8, 32, 32, 64), (3, 3, 64, 64)), ((8, 16, 16, 128), (3, 3, 128, 128))):
-    assert conv.choose("cpu", x_shape, k_shape, (1, 1), pads, 1) in conv.IMPLS
+  one_by_one = ((8, 32, 32, 64), (1, 1, 64, 128), (2, 2), pads, 1)
+  dense = ((8, 16, 16, 128), (3, 3, 128, 128), (1, 1), pads, 1)
+  small = ((8, 32, 32, 16), (3, 3, 16, 16), (1, 1), pads, 1)
+  # XLA's default: 1x1 as a dot, dense 3x3 with a per-tap weight gradient where channels are many.
+  assert conv.choose("cpu", *one_by_one, ynn=False) == "matmul"
+  assert conv.choose("cpu", *dense, ynn=False) == "wgrad"
+  assert conv.choose("cpu", *small, ynn=False) == "lax"
+  # YNNPACK's dense conv (rmjax's default flags) beats the per-tap dots; its 1x1 weight gradient
+  # does not.
+  assert conv.choose("cpu", *one_by_one, ynn=True) == "wgrad"
+  assert conv.choose("cpu", *dense, ynn=True) == "lax"
+  # Grouped and depthwise convs are chosen the same either way.
+  for ynn in (False, True):
+    assert conv.choose("cpu", (8, 32, 32, 64), (3, 3, 1, 64), (1, 1), pads, 64, ynn=ynn) == "shifted"
 
 
 def test_override_context_and_env(monkeypatch):

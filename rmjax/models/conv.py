@@ -69,11 +69,13 @@ WGRAD_MIN_CHANNELS = 32
 # batch 2, compile + run took 70 s split, 21 s grouped, 10 s lax. Beyond 16 groups the runtime
 # gain (~1.3x) no longer pays for that.
 SPLIT_MAX_GROUPS = 16
-# With XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot, XLA:CPU runs convolutions and dots
-# through YNNPACK, whose dense convolution (forward and both gradients) is 2-3x faster than the
-# default Eigen one on the machine above (dense 3x3 32x32x64: 233 vs 715 ms) and faster than
-# "wgrad"; its 1x1 weight gradient is still faster as a dot ("wgrad": 61 vs lax 92 ms). It does
-# not change grouped or depthwise convolutions, so those keep their formulations.
+# The measurements above are jax 0.10's default XLA:CPU. `import rmjax` sets
+# --xla_cpu_experimental_ynn_fusion_type=dot,reduce (rmjax.xla_cpu) unless XLA_FLAGS names it:
+# then XLA:CPU runs dense convolutions and dots through YNNPACK, whose dense conv (forward and
+# both gradients) is 1.5-3x faster than the default (dense 3x3 32x32x64 fwd+bwd: 233 vs 715 ms)
+# and faster than "wgrad"; its 1x1 weight gradient is still faster as a dot ("wgrad": 61 vs lax
+# 92 ms). It does not change grouped or depthwise convolutions, so those keep their
+# formulations. The table follows what XLA_FLAGS says, whoever set it.
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
 
