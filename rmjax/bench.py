@@ -88,6 +88,8 @@ def device_info() -> dict[str, Any]:
     "jax_version": jax.__version__,
     "flax_version": flax.__version__,
     "python_version": platform.python_version(),
+    # XLA:CPU's speed depends on these (rmjax.xla_cpu sets some on import).
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
   }
 

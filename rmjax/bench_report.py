@@ -49,9 +49,10 @@ def header(meta) -> str:
       f" PyTorch {meta['torch_version']} ({meta['torch_threads']} threads{layout}): each "
       "network's twin (`rmjax.torch_twins`, same weights, eval mode), same protocol and batch."
     )
+  flags = f" XLA_FLAGS `{meta['xla_flags']}`." if meta.get("xla_flags") else ""
   return (
     f"**{meta['device']}** ({meta['platform']}, {meta['cpu_count']} CPU cores visible), "
-    f"jax {meta['jax_version']}, flax {meta['flax_version']}, {meta['date']}. "
+    f"jax {meta['jax_version']}, flax {meta['flax_version']}, {meta['date']}.{flags} "
     f"{meta['dtype']}, {meta['image_size']}x{meta['image_size']} inputs; "
     f"per network and batch size: {p['warmup']} warm-up batches, then {p['repeats']} x "
     f"{p['batches']} timed batches (imgs/s: median over the {p['repeats']} repeats, "
