@@ -11,6 +11,9 @@ training steps ResNet-18 25 -> 38 imgs/s, MobileNetV2 82 -> 110; inference ResNe
 Both members matter: "dot" alone makes reductions (BN statistics) 5-9x slower than the default,
 and adding "eltwise" moves elementwise ops out of XLA's loop fusions (MobileNetV2's training
 step 110 -> 65). The flag is ignored by GPU and TPU backends.
+
+XLA aborts the process on a flag it does not know, and experimental flags come and go, so the
+defaults are only added for jaxlib releases they were checked on (TESTED_JAXLIB).
 """
 
 from __future__ import annotations
@@ -19,6 +22,24 @@ import os
 
 ENV_SWITCH = "RMJAX_XLA_CPU_DEFAULTS"
 DEFAULT_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=dot,reduce",)
+# (major, minor) releases of jaxlib whose XLA has every flag of DEFAULT_FLAGS.
+TESTED_JAXLIB = frozenset({(0, 10)})
+
+
+def jaxlib_tested(version: str | None = None) -> bool:
+  """Whether `version` (default: the installed jaxlib) is a release in TESTED_JAXLIB."""
+  if version is None:
+    from importlib import metadata
+
+    try:
+      version = metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+      return False
+  try:
+    major, minor = (int(part) for part in version.split(".")[:2])
+  except ValueError:
+    return False
+  return (major, minor) in TESTED_JAXLIB
 
 
 def with_defaults(xla_flags: str, defaults: tuple[str, ...] = DEFAULT_FLAGS) -> str:
@@ -37,9 +58,9 @@ def backends_started() -> bool:
 
 
 def apply_defaults(environ=os.environ) -> bool:
-  """Adds DEFAULT_FLAGS to `environ["XLA_FLAGS"]` unless switched off or too late; whether it
-  did."""
-  if environ.get(ENV_SWITCH, "1") == "0" or backends_started():
+  """Adds DEFAULT_FLAGS to `environ["XLA_FLAGS"]` unless switched off, too late, or on a jaxlib
+  they were not checked on; whether it did."""
+  if environ.get(ENV_SWITCH, "1") == "0" or backends_started() or not jaxlib_tested():
     return False
   environ["XLA_FLAGS"] = with_defaults(environ.get("XLA_FLAGS", ""))
   return True

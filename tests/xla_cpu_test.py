@@ -20,6 +20,7 @@ def test_with_defaults_adds_only_flags_not_named():
 def test_apply_defaults_respects_the_switch_and_a_started_backend(monkeypatch):
   environ = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
   monkeypatch.setattr(xla_cpu, "backends_started", lambda: False)
+  monkeypatch.setattr(xla_cpu, "jaxlib_tested", lambda: True)
   assert xla_cpu.apply_defaults(environ)
   assert environ["XLA_FLAGS"] == f"--xla_cpu_enable_fast_math=false {YNN}=dot,reduce"
 
@@ -27,10 +28,25 @@ def test_apply_defaults_respects_the_switch_and_a_started_backend(monkeypatch):
   assert not xla_cpu.apply_defaults(off)
   assert "XLA_FLAGS" not in off
 
+  monkeypatch.setattr(xla_cpu, "jaxlib_tested", lambda: False)
+  untested = {}
+  assert not xla_cpu.apply_defaults(untested)
+  assert "XLA_FLAGS" not in untested
+
+  monkeypatch.setattr(xla_cpu, "jaxlib_tested", lambda: True)
   monkeypatch.setattr(xla_cpu, "backends_started", lambda: True)
   late = {}
   assert not xla_cpu.apply_defaults(late)
   assert "XLA_FLAGS" not in late
+
+
+def test_only_jaxlib_releases_the_flags_were_checked_on():
+  # XLA aborts on an unknown flag: a release without it must not get it.
+  assert xla_cpu.jaxlib_tested("0.10.2")
+  assert not xla_cpu.jaxlib_tested("0.9.1")
+  assert not xla_cpu.jaxlib_tested("1.0")
+  assert not xla_cpu.jaxlib_tested("dev")
+  assert xla_cpu.jaxlib_tested()  # this environment's jaxlib is one of them
 
 
 def _import_rmjax(env_overrides, prelude=""):
