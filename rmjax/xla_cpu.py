@@ -54,13 +54,16 @@ def backends_started() -> bool:
   import sys
 
   bridge = sys.modules.get("jax._src.xla_bridge")
-  return bool(bridge is not None and bridge.backends_are_initialized())
+  if bridge is None:
+    return False
+  started = getattr(bridge, "backends_are_initialized", None)
+  return True if started is None else bool(started())  # unknown JAX internals: assume so
 
 
 def apply_defaults(environ=os.environ) -> bool:
   """Adds DEFAULT_FLAGS to `environ["XLA_FLAGS"]` unless switched off, too late, or on a jaxlib
   they were not checked on; whether it did."""
-  if environ.get(ENV_SWITCH, "1") == "0" or backends_started() or not jaxlib_tested():
+  if environ.get(ENV_SWITCH, "1") == "0" or not jaxlib_tested() or backends_started():
     return False
   environ["XLA_FLAGS"] = with_defaults(environ.get("XLA_FLAGS", ""))
   return True
