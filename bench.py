@@ -188,9 +188,7 @@ def main(argv):
     bench_report.plot(report, os.path.join(os.path.dirname(_DOCS.value), figure))
     title = f"## {section.upper()}: {meta['device']}\n\n`{meta['command']}`\n\n"
     plot = f"\n![speed-up and imgs/s against batch size]({figure})\n"
-    bench_report.update_docs(
-      _DOCS.value, _DOCS_SECTION.value or meta["platform"], title + text + plot
-    )
+    bench_report.update_docs(_DOCS.value, section, title + text + plot)
   disagree = [r["network"] for r in rows if r["flops_agree"] is False]
   if disagree:
     print(f"warning: XLA and analytical FLOPs disagree for {disagree}", file=sys.stderr)

@@ -79,7 +79,7 @@ def device_info() -> dict[str, Any]:
   name = device.device_kind
   if device.platform == "cpu":
     name = cpu_model() or platform.processor() or name
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  cores = bench_torch.cpu_count()
   return {
     "device": name,
     "platform": device.platform,
@@ -142,8 +142,20 @@ def _flops(stage) -> float:
   return float((cost or {}).get("flops", float("nan")))
 
 
-def _input_dtype(net: Network):
+def input_dtype(net: Network):
+  """The dtype of `net`'s variables, which its inputs are given in."""
   return jax.tree.leaves(net.variables)[0].dtype
+
+
+# The speed columns of a row: imgs/s over the repeats (median, min, max, and each repeat's).
+SPEED_KEYS = ("imgs_per_sec", "imgs_per_sec_min", "imgs_per_sec_max", "imgs_per_sec_repeats")
+
+
+def speeds(prefix: str, batch: int, per_batch: Sequence[float]) -> dict:
+  """The SPEED_KEYS, each with `prefix`, from seconds per batch in each repeat."""
+  imgs = [batch / s for s in per_batch]
+  values = (statistics.median(imgs), min(imgs), max(imgs), imgs)
+  return {prefix + key: value for key, value in zip(SPEED_KEYS, values, strict=True)}
 
 
 def measure(
@@ -153,7 +165,7 @@ def measure(
   (under "logits", for logit differences; not part of the saved results). `beside`: other
   `run(n)`s timed in turn with this network (`time_batches`), their seconds per batch under
   "beside_seconds" (not saved either)."""
-  x = images(batch, net.image_size).astype(_input_dtype(net))
+  x = images(batch, net.image_size).astype(input_dtype(net))
   start = time.perf_counter()
   lowered = jax.jit(net.apply).lower(net.variables, x)
   compiled = lowered.compile()
@@ -173,7 +185,6 @@ def measure(
       - memory.alias_size_in_bytes
     )
   mine, *others = time_batches([batches(compiled, (net.variables, x)), *beside], protocol)
-  speeds = [batch / s for s in mine]
   return {
     "network": net.name,
     "group": net.group,
@@ -190,10 +201,7 @@ def measure(
     "flops_agree": agree if agree is None else bool(agree),
     "peak_memory_bytes": peak,
     "compile_seconds": compile_s,
-    "imgs_per_sec": statistics.median(speeds),
-    "imgs_per_sec_min": min(speeds),
-    "imgs_per_sec_max": max(speeds),
-    "imgs_per_sec_repeats": speeds,
+    **speeds("", batch, mine),
     "logits": np.asarray(compiled(net.variables, x), np.float32),
     "beside_seconds": others,
   }
@@ -244,7 +252,7 @@ def run(
       if net.reference is not None:
         ref = net.reference
         if id(ref) not in logits:  # a reference that is not timed itself (RepVGG's training form)
-          x = images(batch, ref.image_size).astype(_input_dtype(ref))
+          x = images(batch, ref.image_size).astype(input_dtype(ref))
           logits[id(ref)] = np.asarray(jax.jit(ref.apply)(ref.variables, x), np.float32)
         row["max_abs_logit_diff"] = float(np.max(np.abs(logits[id(net)] - logits[id(ref)])))
       if torch:
@@ -280,12 +288,11 @@ def torch_columns(
   imgs/s), `torch_max_abs_logit_diff` from rmjax's `logits` (whose max |logit| is
   `max_abs_logit`), `torch_twin` (what the twin computes: "dense" for a plain network in any
   mode, "" for another network). All None without a twin."""
-  keys = ("imgs_per_sec", "imgs_per_sec_min", "imgs_per_sec_max", "imgs_per_sec_repeats")
-  columns = {f"torch_{k}": None for k in (*keys, "ratio", "max_abs_logit_diff", "twin")}
+  columns = {f"torch_{k}": None for k in (*SPEED_KEYS, "ratio", "max_abs_logit_diff", "twin")}
   columns["max_abs_logit"] = float(np.max(np.abs(logits)))
   if seconds is None:
     return columns
-  columns.update(bench_torch.speeds("torch_", row["batch_size"], seconds))
+  columns.update(speeds("torch_", row["batch_size"], seconds))
   columns["torch_ratio"] = row["imgs_per_sec"] / columns["torch_imgs_per_sec"]
   columns["torch_max_abs_logit_diff"] = float(np.max(np.abs(torch_logits - logits)))
   columns["torch_twin"] = "dense" if isinstance(net.model, PlainNet) else ""

@@ -18,7 +18,6 @@ torch is imported only when a function here needs it (`pip install 'rmjax[intero
 from __future__ import annotations
 
 import os
-import statistics
 
 import numpy as np
 
@@ -45,17 +44,6 @@ def configure(threads: int | None = None) -> dict:
 
   torch.set_num_threads(threads or cpu_count())
   return {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
-
-
-def speeds(prefix: str, batch: int, per_batch: list[float]) -> dict:
-  """`{prefix}imgs_per_sec` (median), `_min`, `_max`, `_repeats` from seconds per batch."""
-  imgs = [batch / s for s in per_batch]
-  return {
-    f"{prefix}imgs_per_sec": statistics.median(imgs),
-    f"{prefix}imgs_per_sec_min": min(imgs),
-    f"{prefix}imgs_per_sec_max": max(imgs),
-    f"{prefix}imgs_per_sec_repeats": imgs,
-  }
 
 
 def _prepare(net, x: np.ndarray, channels_last: bool):

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from rmjax import bench_torch, torch_twins
-from rmjax.bench import images, log, time_batches
+from rmjax.bench import SPEED_KEYS, images, input_dtype, log, speeds, time_batches
 from rmjax.bench_suites import Network
 from rmjax.models.plain import PlainNet
 
@@ -87,8 +87,7 @@ def measure(
   """rmjax's training step of `net` at `batch`: compile time, imgs/s (median, min, max,
   repeats) and the first step's loss. `beside`: other `run(n)`s timed in turn with it
   (`bench.time_batches`), their seconds per batch under "beside_seconds"."""
-  dtype = jax.tree.leaves(net.variables)[0].dtype
-  x = images(batch, net.image_size).astype(dtype)
+  x = images(batch, net.image_size).astype(input_dtype(net))
   y = jnp.asarray(labels(batch, num_classes(net)))
   tx = optimizer()
   # Copies: the step donates (deletes) its inputs, and the network's variables live on.
@@ -114,7 +113,7 @@ def measure(
     "image_size": net.image_size,
     "compile_seconds": compile_s,
     "first_loss": first_loss,
-    **bench_torch.speeds("", batch, mine),
+    **speeds("", batch, mine),
     "beside_seconds": others,
   }
 
@@ -148,12 +147,11 @@ def run(
         )
       row = measure(net, batch, protocol, beside=[twin[0]] if twin else [])
       torch_seconds = row.pop("beside_seconds")
-      keys = ("imgs_per_sec", "imgs_per_sec_min", "imgs_per_sec_max", "imgs_per_sec_repeats")
-      row.update({f"torch_train_{k}": None for k in keys})
+      row.update({f"torch_train_{k}": None for k in SPEED_KEYS})
       row.update(torch_ratio=None, torch_first_loss=None, first_loss_diff=None)
       line = f"{row['imgs_per_sec']:.1f} imgs/s"
       if twin:
-        row.update(bench_torch.speeds("torch_train_", batch, torch_seconds[0]))
+        row.update(speeds("torch_train_", batch, torch_seconds[0]))
         row["torch_ratio"] = row["imgs_per_sec"] / row["torch_train_imgs_per_sec"]
         row["torch_first_loss"] = twin[1]
         row["first_loss_diff"] = abs(row["first_loss"] - twin[1])

@@ -19,9 +19,11 @@ defaults are only added for jaxlib releases they were checked on (TESTED_JAXLIB)
 from __future__ import annotations
 
 import os
+import sys
 
 ENV_SWITCH = "RMJAX_XLA_CPU_DEFAULTS"
-DEFAULT_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=dot,reduce",)
+YNN_FUSION_TYPE = "--xla_cpu_experimental_ynn_fusion_type"
+DEFAULT_FLAGS = (f"{YNN_FUSION_TYPE}=dot,reduce",)
 # (major, minor) releases of jaxlib whose XLA has every flag of DEFAULT_FLAGS.
 TESTED_JAXLIB = frozenset({(0, 10)})
 
@@ -42,17 +44,24 @@ def jaxlib_tested(version: str | None = None) -> bool:
   return (major, minor) in TESTED_JAXLIB
 
 
+def flag_value(xla_flags: str, name: str) -> str | None:
+  """The value `xla_flags` (an XLA_FLAGS string) gives flag `name` ("--xla_..."): its first
+  mention, "" for a bare flag, None where it does not name it."""
+  for flag in xla_flags.split():
+    flag_name, _, value = flag.partition("=")
+    if flag_name == name:
+      return value
+  return None
+
+
 def with_defaults(xla_flags: str, defaults: tuple[str, ...] = DEFAULT_FLAGS) -> str:
   """`xla_flags` plus each default whose flag name it does not already set."""
-  named = {flag.partition("=")[0] for flag in xla_flags.split()}
-  extra = [flag for flag in defaults if flag.partition("=")[0] not in named]
+  extra = [flag for flag in defaults if flag_value(xla_flags, flag.partition("=")[0]) is None]
   return " ".join([xla_flags.strip(), *extra]).strip()
 
 
 def backends_started() -> bool:
   """Whether JAX has started a backend (XLA_FLAGS is read then, and never again)."""
-  import sys
-
   bridge = sys.modules.get("jax._src.xla_bridge")
   if bridge is None:
     return False

@@ -135,8 +135,9 @@ def test_choose_cpu_table_and_gpu():
   assert conv.choose("cpu", *one_by_one, ynn=True) == "wgrad"
   assert conv.choose("cpu", *dense, ynn=True) == "lax"
   # Grouped and depthwise convs are chosen the same either way.
+  depthwise = ((8, 32, 32, 64), (3, 3, 1, 64), (1, 1), pads, 64)
   for ynn in (False, True):
-    assert conv.choose("cpu", (8, 32, 32, 64), (3, 3, 1, 64), (1, 1), pads, 64, ynn=ynn) == "shifted"
+    assert conv.choose("cpu", *depthwise, ynn=ynn) == "shifted"
 
 
 def test_override_context_and_env(monkeypatch):

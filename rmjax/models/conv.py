@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rmjax import xla_cpu
 from rmjax.models import conv_impls
 from rmjax.models.conv_impls import Pads
 
@@ -76,7 +77,7 @@ SPLIT_MAX_GROUPS = 16
 # and faster than "wgrad"; its 1x1 weight gradient is still faster as a dot ("wgrad": 61 vs lax
 # 92 ms). It does not change grouped or depthwise convolutions, so those keep their
 # formulations. The table follows what XLA_FLAGS says, whoever set it.
-YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+YNN_FLAG = xla_cpu.YNN_FUSION_TYPE
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -112,11 +113,8 @@ def ynn_dots() -> bool:
 
 @functools.cache
 def _ynn_dots(flags: str) -> bool:
-  for flag in flags.split():
-    name, _, value = flag.partition("=")
-    if name == YNN_FLAG:
-      return any(v.lstrip("+") == "dot" for v in value.split(","))
-  return False
+  value = xla_cpu.flag_value(flags, YNN_FLAG) or ""
+  return any(v.lstrip("+") == "dot" for v in value.split(","))
 
 
 def choose(
