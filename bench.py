@@ -20,18 +20,19 @@ import sys
 
 from absl import app, flags
 
-from rmjax import bench, bench_report, bench_suites, bench_torch, bench_train
+from rmjax.bench import measure, suites, torch_timing, training
+from rmjax.bench import report as bench_report
 
 _SUITES = flags.DEFINE_list(
   "suites",
   None,
-  f"Networks to measure, by suite: {', '.join(bench_suites.SUITES)}. "
-  f"Default: {','.join(bench_suites.DEFAULT_SUITES)} (tiny with --quick).",
+  f"Networks to measure, by suite: {', '.join(suites.SUITES)}. "
+  f"Default: {','.join(suites.DEFAULT_SUITES)} (tiny with --quick).",
 )
 _MODES = flags.DEFINE_list(
   "modes",
   ["dense", "structured"],
-  f"How the plain networks run: {', '.join(bench_suites.PLAIN_MODES)} (structured skips the Dirac "
+  f"How the plain networks run: {', '.join(suites.PLAIN_MODES)} (structured skips the Dirac "
   "zeros RM adds; only for networks that have them).",
 )
 _BATCH_SIZES = flags.DEFINE_list(
@@ -94,9 +95,9 @@ _DOCS = flags.DEFINE_string(
 )
 
 
-def _protocol(platform_name: str) -> bench.Protocol:
-  base = bench.QUICK if _QUICK.value else bench.default_protocol(platform_name)
-  return bench.Protocol(
+def _protocol(platform_name: str) -> measure.Protocol:
+  base = measure.QUICK if _QUICK.value else measure.default_protocol(platform_name)
+  return measure.Protocol(
     warmup=base.warmup if _WARMUP.value is None else _WARMUP.value,
     batches=base.batches if _BATCHES.value is None else _BATCHES.value,
     repeats=base.repeats if _REPEATS.value is None else _REPEATS.value,
@@ -107,7 +108,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   quick = _QUICK.value
-  suites = _SUITES.value or (["tiny"] if quick else list(bench_suites.DEFAULT_SUITES))
+  names = _SUITES.value or (["tiny"] if quick else list(suites.DEFAULT_SUITES))
   try:
     batch_sizes = [int(b) for b in (_BATCH_SIZES.value or (["8"] if quick else ["128"]))]
   except ValueError:
@@ -118,8 +119,8 @@ def main(argv):
     raise app.UsageError(
       f"--train_batch_sizes must be integers, got {_TRAIN_BATCH_SIZES.value}"
     ) from None
-  torch = bench_torch.available() if _TORCH.value is None else _TORCH.value
-  if torch and not bench_torch.available():
+  torch = torch_timing.available() if _TORCH.value is None else _TORCH.value
+  if torch and not torch_timing.available():
     print(
       "error: --torch needs PyTorch, which is not installed: pip install 'rmjax[interop]' "
       "(or pass --notorch)",
@@ -131,13 +132,13 @@ def main(argv):
     if _CONVERT.value is not None
     else (["tiny"] if quick else ["resnet50", "rmnext50x6_32"])
   )
-  meta = bench.device_info()
+  meta = measure.device_info()
   protocol = _protocol(meta["platform"])
-  settings = bench_suites.Settings(
+  settings = suites.Settings(
     image_size=_IMAGE_SIZE.value, modes=tuple(_MODES.value), dtype=_DTYPE.value
   )
   try:
-    networks = bench_suites.build(suites, settings, progress=bench.log)
+    networks = suites.build(names, settings, progress=measure.log)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -145,19 +146,19 @@ def main(argv):
     dtype=_DTYPE.value,
     image_size=_IMAGE_SIZE.value,
     protocol=dataclasses.asdict(protocol),
-    suites=suites,
+    suites=names,
     modes=list(_MODES.value),
     command=" ".join(["python bench.py", *sys.argv[1:]]),
   )
   channels_last = _TORCH_CHANNELS_LAST.value
   if torch:
-    meta.update(bench_torch.configure(meta["cpu_count"]), torch_channels_last=channels_last)
-  rows = bench.run(
+    meta.update(torch_timing.configure(meta["cpu_count"]), torch_channels_last=channels_last)
+  rows = measure.run(
     networks, batch_sizes=batch_sizes, protocol=protocol, torch=torch, channels_last=channels_last
   )
   train = []
   if _TRAIN_STEPS.value:
-    train = bench_train.run(
+    train = training.run(
       networks,
       batch_sizes=train_batch_sizes,
       protocol=protocol,
@@ -167,9 +168,9 @@ def main(argv):
   converted = []
   for name in convert:
     for keep_bn in (False, True):
-      r = bench.time_convert(name, keep_bn=keep_bn)
+      r = measure.time_convert(name, keep_bn=keep_bn)
       converted.append(r)
-      bench.log(
+      measure.log(
         f"rm_convert {name} {'keep_bn' if keep_bn else 'deploy'}: lowered in "
         f"{r['lower_seconds']:.2f}s, compiled in {r['compile_seconds']:.2f}s, "
         f"{r['call_ms']:.0f} ms a call"
@@ -192,11 +193,11 @@ def main(argv):
   disagree = [r["network"] for r in rows if r["flops_agree"] is False]
   if disagree:
     print(f"warning: XLA and analytical FLOPs disagree for {disagree}", file=sys.stderr)
-  twins = [f"{r['network']} (batch {r['batch_size']})" for r in rows if bench.twin_disagrees(r)]
+  twins = [f"{r['network']} (batch {r['batch_size']})" for r in rows if measure.twin_disagrees(r)]
   if twins:
     print(
       f"warning: the PyTorch twin's logits differ from rmjax's by more than "
-      f"{bench.TWIN_TOLERANCE:g} x max(1, max |logit|) for {twins}",
+      f"{measure.TWIN_TOLERANCE:g} x max(1, max |logit|) for {twins}",
       file=sys.stderr,
     )
   return 0

@@ -18,7 +18,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rmjax import bench, cli, data, slimming, train
+from rmjax import cli, data, slimming, train
+from rmjax.bench import measure
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -42,7 +43,7 @@ _REPORT_DIR = flags.DEFINE_string(
 
 def report_markdown(config, config_name: str, rows) -> str:
   """pruning.md: what was run, on what, and the table."""
-  device = bench.device_info()
+  device = measure.device_info()
   return "\n".join(
     [
       "# Pruning through RM vs pruning the ResNet (Fig. 7 in miniature)",

@@ -6,7 +6,7 @@
 
 Imported weights (`convert.py --from_torch/--from_keras`) go the same way: `load_imported`
 gives a `Run` whose "original" is the rmjax model with the imported weights. With `exports`,
-serving artefacts (`rmjax.export_formats`) are written next to PLAIN, checked against it, and
+serving artefacts (`rmjax.deploy.jax_formats`) are written next to PLAIN, checked against it, and
 only put in place together with it.
 
 Every failure is an `ExportError` (a ValueError) with a message for the user: the CLI prints it
@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from rmjax import checkpoint, data, export_formats, interop, plain_io, train, transforms
+from rmjax import checkpoint, data, interop, plain_io, train, transforms
+from rmjax.deploy import jax_formats
 from rmjax.testing import count_macs, count_params
 
 
@@ -201,8 +202,8 @@ def export_plain(
   `max |logit difference| > tolerance * max(1, max |logit|)`: a relative bound for logits of
   magnitude above 1, an absolute one below.
 
-  `exports` (formats of `rmjax.export_formats`) are written next to `plain_dir`
-  (`export_formats.artefact_path`), reloaded and held to the same bound against the plain
+  `exports` (formats of `rmjax.deploy.jax_formats`) are written next to `plain_dir`
+  (`jax_formats.artefact_path`), reloaded and held to the same bound against the plain
   network on the random batch; they and PLAIN are put in place only when all passed.
   """
   if not tolerance >= 0:
@@ -278,7 +279,7 @@ def export_plain(
       overwrite=overwrite,
     )
     for tmp, final in staged:
-      export_formats.replace(tmp, final)
+      jax_formats.replace(tmp, final)
   except OSError as e:
     raise ExportError(f"cannot write {plain_dir}: {e}") from None
   finally:
@@ -297,11 +298,11 @@ def _stage_exports(formats, plain, plain_vars, input_shape, images, staging, rep
   report["exports"] = {}
   staged = []
   for fmt in formats:
-    final = export_formats.artefact_path(report["plain_dir"], fmt)
+    final = jax_formats.artefact_path(report["plain_dir"], fmt)
     tmp = os.path.join(staging, os.path.basename(final))
     try:
-      export_formats.EXPORTERS[fmt](plain, plain_vars, input_shape, tmp)
-      got = np.asarray(export_formats.LOADERS[fmt](tmp)(np.asarray(images)))
+      jax_formats.EXPORTERS[fmt](plain, plain_vars, input_shape, tmp)
+      got = np.asarray(jax_formats.LOADERS[fmt](tmp)(np.asarray(images)))
     except Exception as e:  # jax.export / TensorFlow errors: name the format, write nothing
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise ExportError(
@@ -322,13 +323,13 @@ def _stage_exports(formats, plain, plain_vars, input_shape, images, staging, rep
 def check_writable(plain_dir: str, overwrite: bool, exports: tuple[str, ...] = ()) -> None:
   """Fails before any work if `plain_dir` or an export's artefact exists (without overwrite),
   an export format is unknown, or `plain_dir` cannot be created."""
-  unknown = [fmt for fmt in exports if fmt not in export_formats.FORMATS]
+  unknown = [fmt for fmt in exports if fmt not in jax_formats.FORMATS]
   if unknown:
     raise ExportError(
       f"unknown export format(s) {', '.join(map(repr, unknown))}; known: "
-      f"{', '.join(export_formats.FORMATS)}"
+      f"{', '.join(jax_formats.FORMATS)}"
     )
-  targets = [plain_dir] + [export_formats.artefact_path(plain_dir, fmt) for fmt in exports]
+  targets = [plain_dir] + [jax_formats.artefact_path(plain_dir, fmt) for fmt in exports]
   for target in targets:
     if os.path.exists(target) and not overwrite:
       raise ExportError(f"{target} already exists; pass --overwrite to replace it")

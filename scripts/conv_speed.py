@@ -23,7 +23,7 @@ import time
 
 import jax
 
-from rmjax import bench
+from rmjax.bench.measure import cpu_model
 from rmjax.models import conv
 
 
@@ -178,7 +178,7 @@ def header(batch: int, repeats: int, with_torch: bool) -> list[str]:
     import torch
 
     versions += f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
-  cpu = bench.cpu_model() or platform.processor() or "unknown CPU"
+  cpu = cpu_model() or platform.processor() or "unknown CPU"
   return [
     f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores, backend "
     f"{jax.default_backend()}, {versions}; load average before the run {load}.",

@@ -1,5 +1,5 @@
 """bench.py --quick: it runs and writes its report (no speed is asserted), and the pieces of
-rmjax.bench / rmjax.bench_report it is made of; with torch installed, the PyTorch column and
+rmjax.bench.measure / rmjax.bench.report it is made of; with torch installed, the PyTorch column and
 the training-step table; without it, rmjax alone (and a clear error if --torch asks for it)."""
 
 import json
@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from rmjax import bench, bench_report, bench_suites
+from rmjax.bench import measure, suites
+from rmjax.bench import report as bench_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,8 +64,8 @@ def test_quick_run_json_records_device_versions_and_agreeing_flops(quick_run):
   for r in rows:
     assert r["flops_agree"], r
     lowered = r["xla_lowered_flops_per_image"] / r["analytical_flops_per_image"]
-    assert abs(lowered - 1) <= bench.FLOPS_TOLERANCE
-    assert 0.95 < r["flops_ratio"] < 1.05  # the compiled program, see bench.FLOPS_TOLERANCE
+    assert abs(lowered - 1) <= measure.FLOPS_TOLERANCE
+    assert 0.95 < r["flops_ratio"] < 1.05  # the compiled program, see measure.FLOPS_TOLERANCE
     assert r["imgs_per_sec"] > 0 and r["params"] > 0 and r["peak_memory_bytes"] > 0
   baseline, dense, structured = rows
   assert baseline["speedup"] is None and dense["speedup"] > 0
@@ -91,9 +92,9 @@ def test_quick_run_fills_its_docs_section_and_keeps_the_rest(quick_run):
 
 def test_unknown_suites_and_modes_are_named():
   with pytest.raises(ValueError, match="unknown suite.*nope"):
-    bench_suites.build(["nope"])
+    suites.build(["nope"])
   with pytest.raises(ValueError, match="unknown plain mode.*fast"):
-    bench_suites.build(["tiny"], bench_suites.Settings(modes=("fast",)))
+    suites.build(["tiny"], suites.Settings(modes=("fast",)))
 
 
 def test_quick_run_times_the_pytorch_twins_beside_rmjax(quick_run):
@@ -157,8 +158,8 @@ def without_torch(tmp_path):
 
 def test_without_torch_rmjax_imports_and_torch_is_an_error_only_when_asked(without_torch):
   code = (
-    "from rmjax import bench, bench_torch, bench_train, torch_twins\n"
-    "assert not bench_torch.available()\n"
+    "from rmjax.bench import measure, torch_timing, training, torch_twins\n"
+    "assert not torch_timing.available()\n"
     "try:\n"
     "  torch_twins.to_nchw([[[[0.0]]]])\n"
     "except ImportError as e:\n"

@@ -1,6 +1,6 @@
 """rmjax.interop.from_torch: torchvision-layout weights give torch's logits, before and after RM.
 
-The torch networks are tests/torch_twins.py (torchvision's names and forward). Tests that need
+The torch networks are tests/torchvision_twins.py (torchvision's names and forward). Tests that need
 torch skip without it; the NumPy state dict path is tested without torch.
 """
 
@@ -99,15 +99,15 @@ def test_mobilenetv2_width_and_classes_are_read_off_the_shapes():
 @functools.cache
 def torch_network(name):
   pytest.importorskip("torch")
-  import torch_twins
+  import torchvision_twins
 
   build = {
-    "resnet18": torch_twins.resnet18,
-    "resnet50": torch_twins.resnet50,
-    "mobilenet_v2": torch_twins.MobileNetV2,
+    "resnet18": torchvision_twins.resnet18,
+    "resnet50": torchvision_twins.resnet50,
+    "mobilenet_v2": torchvision_twins.MobileNetV2,
   }[name]
-  net = torch_twins.randomize(build(num_classes=10), seed=1)
-  return net, torch_twins.logits(net, X)
+  net = torchvision_twins.randomize(build(num_classes=10), seed=1)
+  return net, torchvision_twins.logits(net, X)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2"])

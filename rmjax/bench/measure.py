@@ -1,7 +1,7 @@
 """Measuring inference: speed by the paper's protocol, size, FLOPs, memory, compile time.
 
 The paper's speed protocol (Sec. 5): batch 128, 50 batches to warm up, then 50 timed batches.
-Here every network (`rmjax.bench_suites`) is jit-compiled once per batch size; the compiled
+Here every network (`rmjax.bench.suites`) is jit-compiled once per batch size; the compiled
 executable runs `warmup` batches, then `repeats` times `batches` timed batches, blocking on
 the results (`block_until_ready`). Each row also has parameters, MACs (the "FLOPs" of papers
 and of docs/*.md), XLA's FLOPs from the cost analysis of the lowered and compiled program and
@@ -9,12 +9,12 @@ the analytical count of the same (`testing.count_flops`; they must agree:
 `FLOPS_TOLERANCE`), peak memory (XLA's memory analysis: arguments + outputs + temporaries),
 compile time, the speed-up over its group's baseline and the max |logit difference| from the
 network it was converted from, on the timed batch. With `torch=True`, each network with a
-PyTorch twin (`rmjax.torch_twins`) is also timed in PyTorch by the same protocol on the same
-batch (`rmjax.bench_torch`), the two taking turns repeat by repeat: its imgs/s, the ratio
+PyTorch twin (`rmjax.bench.torch_twins`) is also timed in PyTorch by the same protocol on the same
+batch (`rmjax.bench.torch_timing`), the two taking turns repeat by repeat: its imgs/s, the ratio
 rmjax / PyTorch, and the max |logit difference| between the two (the proof that they run the
 same weights).
 
-  >>> nets = bench_suites.build(["tiny"])
+  >>> nets = suites.build(["tiny"])
   >>> rows = run(nets, batch_sizes=[8], protocol=Protocol(warmup=1, batches=2, repeats=1))
 """
 
@@ -36,8 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmjax import bench_torch, torch_twins, transforms
-from rmjax.bench_suites import Network, Settings, tiny_resnet
+from rmjax import transforms
+from rmjax.bench import torch_timing, torch_twins
+from rmjax.bench.suites import Network, Settings, tiny_resnet
 from rmjax.models.plain import PlainNet
 from rmjax.testing import count_flops, count_macs, count_params, random_variables
 
@@ -79,7 +80,7 @@ def device_info() -> dict[str, Any]:
   name = device.device_kind
   if device.platform == "cpu":
     name = cpu_model() or platform.processor() or name
-  cores = bench_torch.cpu_count()
+  cores = torch_timing.cpu_count()
   return {
     "device": name,
     "platform": device.platform,
@@ -237,7 +238,7 @@ def run(
         key = (id(net.model), id(net.variables))
         if key not in twins:
           x = np.asarray(images(batch, net.image_size))
-          twins[key] = bench_torch.inference(net, x, channels_last=channels_last)
+          twins[key] = torch_timing.inference(net, x, channels_last=channels_last)
         twin = twins[key]
       row = measure(net, batch, protocol, beside=[twin[0]] if twin else [])
       logits[id(net)] = row.pop("logits")

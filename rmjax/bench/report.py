@@ -1,6 +1,6 @@
-"""What `rmjax.bench` measured, as Markdown tables, a JSON file, a plot, and docs/benchmarks.md.
+"""What `rmjax.bench.measure` measured: Markdown tables, JSON, a plot, docs/benchmarks.md.
 
->>> report = {"meta": bench.device_info(), "results": rows, "convert": convert_rows}
+>>> report = {"meta": measure.device_info(), "results": rows, "convert": convert_rows}
 >>> print(markdown(report))
 >>> write_json("bench.json", report); plot(report, "bench.png")
 """
@@ -11,7 +11,7 @@ import json
 import os
 import re
 
-from rmjax.bench import FLOPS_TOLERANCE
+from rmjax.bench.measure import FLOPS_TOLERANCE
 
 
 def _count(n: float, unit: str = "") -> str:
@@ -47,7 +47,8 @@ def header(meta) -> str:
     layout = ", channels-last" if meta.get("torch_channels_last") else ""
     torch = (
       f" PyTorch {meta['torch_version']} ({meta['torch_threads']} threads{layout}): each "
-      "network's twin (`rmjax.torch_twins`, same weights, eval mode), same protocol and batch."
+      "network's twin (`rmjax.bench.torch_twins`, same weights, eval mode), same protocol and "
+      "batch."
     )
   flags = f" XLA_FLAGS `{meta['xla_flags']}`." if meta.get("xla_flags") else ""
   return (
@@ -155,7 +156,7 @@ def markdown(report) -> str:
   if report.get("train"):
     parts += [
       "Training step (`--train_steps`): forward in training mode, cross-entropy, backward, SGD "
-      "with momentum and weight decay (`rmjax.bench_train`; PyTorch: `torch.optim.SGD`):",
+      "with momentum and weight decay (`rmjax.bench.training`; PyTorch: `torch.optim.SGD`):",
       "",
     ]
     parts += [*train_table(report["train"]), ""]

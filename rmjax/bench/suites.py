@@ -36,7 +36,7 @@ class Network:
   refer to) or "plain". `reference` is the network this one must compute exactly (the one it
   was converted from): the benchmark reports their max |logit difference|. `model` is the Flax
   module `apply` runs (a PlainNet in any mode): what training steps and PyTorch twins
-  (`rmjax.torch_twins`) are built from.
+  (`rmjax.bench.torch_twins`) are built from.
   """
 
   name: str

@@ -1,12 +1,12 @@
-"""The PyTorch column of `bench.py`: each network's twin (`rmjax.torch_twins`), run as rmjax is.
+"""The PyTorch column of `bench.py`: each network's twin (`bench.torch_twins`), run as rmjax is.
 
-Here are the twins' batches as `run(n)` functions; `rmjax.bench.time_batches` times them by
+Here are the twins' batches as `run(n)` functions; `rmjax.bench.measure.time_batches` times them by
 the same protocol as rmjax's (warm-up batches, then repeats x timed batches, imgs/s the median
 over the repeats), taking turns with rmjax repeat by repeat, on the same input batch (NHWC ->
 NCHW) and variables, with `torch.set_num_threads(n)`, n the CPUs this process may run on — as
 XLA:CPU uses. Inference: the twin in eval mode under `torch.inference_mode()`. A training step:
 `model.train()`, cross-entropy on the same labels, `torch.optim.SGD` with momentum and weight
-decay, `zero_grad` / `backward` / `step` — what `rmjax.bench_train` times in rmjax. torch runs
+decay, `zero_grad` / `backward` / `step` — what `rmjax.bench.training` times in rmjax. torch runs
 synchronously on CPU: a batch has finished when its call returns.
 
 torch is imported only when a function here needs it (`pip install 'rmjax[interop]'`).
@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from rmjax import torch_twins
+from rmjax.bench import torch_twins
 
 
 def available() -> bool:

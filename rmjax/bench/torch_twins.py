@@ -4,7 +4,8 @@ A twin is a minimal PyTorch re-build of an rmjax model from its architecture —
 layer specs, or the blocks of a `BlockNetwork`'s `layout()` (ResNet, RMNeXt, MobileNetV1/V2,
 RepVGG) — with the variables copied in: kernels HWIO -> OIHW, Dense kernels transposed, BN
 scale/bias/mean/var -> weight/bias/running_mean/running_var. It takes NCHW inputs and computes
-the rmjax model's eval-mode logits; the benchmark times it beside rmjax (`rmjax.bench_torch`).
+the rmjax model's eval-mode logits; the benchmark times it beside rmjax
+(`rmjax.bench.torch_timing`).
 
 Each torch submodule is named as the Flax module whose variables it holds (`layer1_0.conv1`,
 `layers_3`, `head.fc`), so copying the variables is one walk over their paths; every torch
@@ -18,7 +19,7 @@ import without it.
 
   >>> module = twin_of(model, variables)                  # eval mode
   >>> logits = module(to_nchw(x))                         # == model.apply(variables, x, ...)
-  >>> module = twin(network)                              # a `bench_suites.Network`'s twin
+  >>> module = twin(network)                              # a `suites.Network`'s twin
 """
 
 from __future__ import annotations
@@ -498,7 +499,7 @@ def twin_of(model, variables):
 
 
 def twin(network):
-  """The twin of a benchmark `Network` (`rmjax.bench_suites`): of its model and variables. A
+  """The twin of a benchmark `Network` (`rmjax.bench.suites`): of its model and variables. A
   plain network in any execution mode has the one twin, of its dense form."""
   if network.model is None:
     raise TypeError(f"{network.name} has no model to build a twin of")

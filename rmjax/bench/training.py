@@ -1,16 +1,16 @@
 """Training-step speed (`bench.py --train_steps`): one SGD step of each trainable network, in
-rmjax and, where torch is there, in its PyTorch twin (`rmjax.bench_torch`).
+rmjax and, where torch is there, in its PyTorch twin (`rmjax.bench.torch_timing`).
 
 The step is what training does: the forward pass in training mode (BN on batch statistics,
 running averages updated), cross-entropy on random labels, gradients, SGD with momentum
 `MOMENTUM` and weight decay `WEIGHT_DECAY` (optax's `add_decayed_weights` then `sgd`, which is
 `torch.optim.SGD(momentum=, weight_decay=)`). In rmjax it is one `jax.jit` with the parameters,
 BN statistics and optimizer state donated, run back to back and waited for at the end of each
-repeat, with the protocol of `rmjax.bench`, taking turns with PyTorch repeat by repeat. The
+repeat, with the protocol of `rmjax.bench.measure`, taking turns with PyTorch repeat by repeat. The
 first step (before any update) is run apart: its loss, in both frameworks, shows that the two
 start from the same weights.
 
-  >>> rows = run(bench_suites.build(["tiny"]), batch_sizes=[8], protocol=bench.QUICK)
+  >>> rows = run(suites.build(["tiny"]), batch_sizes=[8], protocol=measure.QUICK)
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rmjax import bench_torch, torch_twins
-from rmjax.bench import SPEED_KEYS, images, input_dtype, log, speeds, time_batches
-from rmjax.bench_suites import Network
+from rmjax.bench import torch_timing, torch_twins
+from rmjax.bench.measure import SPEED_KEYS, images, input_dtype, log, speeds, time_batches
+from rmjax.bench.suites import Network
 from rmjax.models.plain import PlainNet
 
 LEARNING_RATE = 0.01
@@ -86,7 +86,7 @@ def measure(
 ) -> dict:
   """rmjax's training step of `net` at `batch`: compile time, imgs/s (median, min, max,
   repeats) and the first step's loss. `beside`: other `run(n)`s timed in turn with it
-  (`bench.time_batches`), their seconds per batch under "beside_seconds"."""
+  (`measure.time_batches`), their seconds per batch under "beside_seconds"."""
   x = images(batch, net.image_size).astype(input_dtype(net))
   y = jnp.asarray(labels(batch, num_classes(net)))
   tx = optimizer()
@@ -136,7 +136,7 @@ def run(
     for net in nets:
       twin = None
       if torch and torch_twins.supports(net.model):
-        twin = bench_torch.training(
+        twin = torch_timing.training(
           net,
           np.asarray(images(batch, net.image_size)),
           labels(batch, num_classes(net)),

@@ -1,5 +1,5 @@
-"""rmjax.export_formats: the StableHLO and SavedModel artefacts reload and compute what the plain
-network computes, at any batch size."""
+"""rmjax.deploy.jax_formats: the StableHLO and SavedModel artefacts reload and compute what the
+plain network computes, at any batch size."""
 
 import os
 import re
@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from rmjax import export_formats
+from rmjax.deploy import jax_formats
 from rmjax.models.plain import (
   BatchNorm,
   Conv,
@@ -59,14 +59,14 @@ def batches():
 def test_stablehlo_round_trip(network, tmp_path):
   variables, want = network
   path = str(tmp_path / "net.stablehlo")
-  export_formats.export_stablehlo(PLAIN, variables, SHAPE, path)
+  jax_formats.export_stablehlo(PLAIN, variables, SHAPE, path)
   assert os.listdir(tmp_path) == ["net.stablehlo"]
   with open(path, "rb") as f:
     exported = jax.export.deserialize(f.read())
   assert str(exported.in_avals[0].shape[0]) == "batch"  # symbolic
   assert exported.in_avals[0].shape[1:] == SHAPE
   assert set(exported.platforms) == {"cpu", "cuda", "tpu"}
-  load = export_formats.load_stablehlo(path)
+  load = jax_formats.load_stablehlo(path)
   for x in batches():
     got = np.asarray(load(x))
     print(f"stablehlo batch {len(x)}: max |diff| {np.max(np.abs(got - want(x))):.3g}")
@@ -77,7 +77,7 @@ def test_docs_loader_example_runs(network, tmp_path):
   """The StableHLO loader of docs/interop.md, run as written (only the path changes)."""
   variables, want = network
   path = str(tmp_path / "plain.stablehlo")
-  export_formats.export_stablehlo(PLAIN, variables, SHAPE, path)
+  jax_formats.export_stablehlo(PLAIN, variables, SHAPE, path)
   with open(os.path.join(ROOT, "docs", "interop.md")) as f:
     doc = f.read()
   code = re.search(r"<!-- stablehlo loader example -->\n```python\n(.*?)```", doc, re.S)[1]
@@ -93,8 +93,8 @@ def test_savedmodel_round_trip_and_tflite(network, tmp_path):
   tf = pytest.importorskip("tensorflow")
   variables, want = network
   path = str(tmp_path / "net.savedmodel")
-  export_formats.export_savedmodel(PLAIN, variables, SHAPE, path)
-  export_formats.export_savedmodel(PLAIN, variables, SHAPE, path)  # replaces it
+  jax_formats.export_savedmodel(PLAIN, variables, SHAPE, path)
+  jax_formats.export_savedmodel(PLAIN, variables, SHAPE, path)  # replaces it
   assert os.listdir(tmp_path) == ["net.savedmodel"]
   serve = tf.saved_model.load(path).signatures["serving_default"]
   for x in batches():
@@ -115,5 +115,5 @@ def test_savedmodel_round_trip_and_tflite(network, tmp_path):
 
 
 def test_artefacts_sit_next_to_plain():
-  assert export_formats.artefact_path("/a/b/plain/", "stablehlo") == "/a/b/plain.stablehlo"
-  assert export_formats.artefact_path("/a/b/plain", "savedmodel") == "/a/b/plain.savedmodel"
+  assert jax_formats.artefact_path("/a/b/plain/", "stablehlo") == "/a/b/plain.stablehlo"
+  assert jax_formats.artefact_path("/a/b/plain", "savedmodel") == "/a/b/plain.savedmodel"

@@ -4,7 +4,7 @@ torchvision's wheel does not import next to the local torch build, so these re-b
 networks: the same parameter and buffer names (`conv1.weight`, `layer1.0.downsample.0.weight`,
 `features.1.conv.0.0.weight`, `classifier.1.weight`, ...), the same forward (ReLU6, padding
 (k - 1) // 2, max-pool padding 1, adaptive average pool), BN eps 1e-5. Written from the
-architecture's description, not from torchvision's source. (`rmjax.torch_twins` is the other
+architecture's description, not from torchvision's source. (`rmjax.bench.torch_twins` is the other
 direction: torch re-builds of rmjax networks, named as rmjax's variables, for the benchmark.)
 """
 

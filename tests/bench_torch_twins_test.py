@@ -1,4 +1,5 @@
-"""rmjax.torch_twins: a PyTorch twin computes its rmjax network's logits from the same weights.
+"""rmjax.bench.torch_twins: a PyTorch twin computes its rmjax network's logits from the same
+weights.
 
 Small widths and 16x16 images (32x32 where a stem downsamples 32x), random variables with
 non-trivial BN statistics; tolerance 1e-4 of max(1, max |logit|).
@@ -13,7 +14,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from rmjax import bench_suites, models, torch_twins  # noqa: E402
+from rmjax import models  # noqa: E402
+from rmjax.bench import suites, torch_twins  # noqa: E402
 from rmjax.models import mobilenet, plain, repvgg  # noqa: E402
 from rmjax.testing import eval_logits, random_variables  # noqa: E402
 
@@ -126,7 +128,7 @@ def test_twin_in_training_mode_normalises_by_batch_statistics(name):
 
 def test_tiny_suite_networks_and_their_twins():
   # The benchmark's networks: a plain one's twin (in any mode) is that of its dense form.
-  nets = bench_suites.build(["tiny"], bench_suites.Settings(image_size=16))
+  nets = suites.build(["tiny"], suites.Settings(image_size=16))
   assert [n.mode for n in nets] == ["", "dense", "structured"]
   x = _images(16, batch=3)
   for net in nets:
@@ -159,14 +161,14 @@ def test_unsupported_models_are_refused():
   assert not torch_twins.supports(nn.Dense(3))
   with pytest.raises(TypeError, match="no PyTorch twin for Dense"):
     torch_twins.architecture(nn.Dense(3))
-  net = bench_suites.Network("n", "g", "baseline", lambda v, x: x, {}, 16)
+  net = suites.Network("n", "g", "baseline", lambda v, x: x, {}, 16)
   with pytest.raises(TypeError, match="has no model"):
     torch_twins.twin(net)
 
 
 def test_bfloat16_variables_give_a_bfloat16_twin():
   model, variables, x = _model("plain-layers")
-  module = torch_twins.twin_of(model, bench_suites.cast(variables, "bfloat16"))
+  module = torch_twins.twin_of(model, suites.cast(variables, "bfloat16"))
   assert next(module.parameters()).dtype == torch.bfloat16
   got = torch_twins.logits(module, x)
   want = np.asarray(eval_logits(model, variables, x))
