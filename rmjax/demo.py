@@ -24,7 +24,7 @@ from rmjax.testing import (
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default="resnet18", choices=models.names())
-  parser.add_argument("--stem", default="cifar", choices=models.resnet.STEMS)
+  parser.add_argument("--stem", default="cifar", choices=models.layers.STEMS)
   parser.add_argument("--num_classes", type=int, default=10)
   parser.add_argument("--image_size", type=int, default=32)
   parser.add_argument("--batch_size", type=int, default=8)

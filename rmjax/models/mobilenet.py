@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rmjax.models.conv import Conv
-from rmjax.models.resnet import (
+from rmjax.models.layers import (
   BN_EPSILON,
   BN_MOMENTUM,
   BlockNetwork,

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 # The Flax layer (an `nn.Conv` drop-in with fast CPU formulations) that runs a plain `Conv`.
 from rmjax.models.conv import Conv as ConvLayer
+from rmjax.models.structured import StructuredConv
 
 
 def _pair(v: int) -> str:
@@ -261,9 +262,6 @@ class PlainNet(nn.Module):
     (`rmjax.models.structured`): the same function without multiplying the zeros."""
     for i, layer in enumerate(self.layers):
       if structured and isinstance(layer, Conv) and layer.structured:
-        # Deferred: structured.py builds on these layer specs.
-        from rmjax.models.structured import StructuredConv
-
         x = StructuredConv(layer, name=f"layers_{i}")(x)
       else:
         x = layer(x, train=train, name=f"layers_{i}")
