@@ -13,7 +13,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rmjax import cli, compare, data, train
+from rmjax import cli, compare, data, evaluation, train
+from rmjax.mesh import Mesh
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -81,8 +82,8 @@ def main(argv):
 def report(config, result) -> None:
   """Converts the trained model and prints original vs plain side by side."""
   info = data.dataset_info(config.dataset, config.data_dir)
-  make_batches = train.eval_batches_for(config, info)
-  mesh = train.Mesh.create()
+  make_batches = evaluation.eval_batches_for(config, info)
+  mesh = Mesh.create()
 
   state = result.state
   variables = {"params": state.params, "batch_stats": state.batch_stats}

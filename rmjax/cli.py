@@ -28,15 +28,3 @@ def parse_flags(argv):
       file=sys.stderr,
     )
     sys.exit(2)
-
-
-def write_atomically(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary sibling: never a half-written report."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)

@@ -6,12 +6,13 @@ does not branch on the process index everywhere.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
 
 from absl import logging
+
+from rmjax import atomic
 
 
 class MetricWriter:
@@ -52,9 +53,7 @@ class MetricWriter:
     if self._records is None:
       return
     path = os.path.join(self._logdir, filename)
-    with open(path + ".tmp", "w") as f:
-      json.dump(content, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)  # never a half-written summary
+    atomic.write_json(path, content, indent=2, sort_keys=True)  # never a half-written summary
 
   def close(self) -> None:
     if self._records is not None:

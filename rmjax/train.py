@@ -27,11 +27,12 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from rmjax import checkpoint, data, finetune, models, plain_io, summary, transforms
+from rmjax import checkpoint, data, finetune, plain_io, summary, transforms
+from rmjax.evaluation import eval_apply_fn, eval_batches_for, evaluate
+from rmjax.mesh import Mesh, replicated
 from rmjax.models.plain import BatchNorm, PlainNet
+from rmjax.run import create_model, plain_architecture
 
 
 class TrainingDivergedError(RuntimeError):
@@ -45,41 +46,6 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array  # raw key data (uint32): orbax stores it as a plain array
-
-
-def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The config's model; `config.model_kwargs` are passed on (e.g. `stem`).
-
-  With `config.init_from` (a PLAIN directory), the `PlainNet` of its plain.json instead:
-  `config.model` and `config.model_kwargs` are then ignored.
-  """
-  if config.get("init_from"):
-    return plain_architecture(config.init_from)[0]
-  kwargs = dict(config.get("model_kwargs", {}) or {})
-  # A config read back from JSON has (nested) lists; architectures are hashable (static under
-  # jit), so every list becomes a tuple.
-  kwargs = {k: _tuples(v) for k, v in kwargs.items()}
-  return models.create(config.model, num_classes=num_classes, **kwargs)
-
-
-def _tuples(value):
-  if isinstance(value, list | tuple):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
-def plain_architecture(path: str) -> tuple[PlainNet, tuple[int, ...]]:
-  """The `PlainNet` and input shape that a PLAIN directory's plain.json records (no weights read).
-
-  Raises:
-    PlainFormatError (a ValueError): `path` is missing or not a PLAIN directory.
-  """
-  try:
-    arch = plain_io.read_arch(path)
-    plain = PlainNet(plain_io.layers_from_json(arch["layers"]))
-  except plain_io.PlainFormatError as e:
-    raise plain_io.PlainFormatError(f"config.init_from: {e}") from None
-  return plain, tuple(arch["input_shape"])
 
 
 def check_init_from(config, input_shape: tuple[int, ...], num_classes: int) -> None:
@@ -219,92 +185,6 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, num_classes, la
   return new_state, metrics
 
 
-def eval_sums(logits, batch):
-  """Sums over the real (mask == 1) examples: loss, top-1 and top-5 correct, count."""
-  mask = batch["mask"]
-  label = batch["label"]
-  k = min(5, logits.shape[-1])
-  top_k = jax.lax.top_k(logits, k)[1]
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, label)
-  return {
-    "loss": jnp.sum(loss * mask),
-    "top1": jnp.sum((top_k[:, 0] == label) * mask),
-    "top5": jnp.sum(jnp.any(top_k == label[:, None], axis=-1) * mask),
-    "count": jnp.sum(mask),
-  }
-
-
-def eval_step(variables, batch, *, apply_fn):
-  return eval_sums(apply_fn(variables, batch["image"]), batch)
-
-
-def accumulate(totals, sums):
-  """Adds a batch's `sums` to running `totals` (None at the start)."""
-  return sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-
-
-def eval_metrics_from(totals) -> dict[str, float]:
-  """Top-1/top-5 accuracy, mean loss and example count from summed `eval_sums`."""
-  if totals is None:
-    raise ValueError("the evaluation split yielded no batches")
-  count = float(totals["count"])
-  return {
-    "top1": float(totals["top1"]) / count,
-    "top5": float(totals["top5"]) / count,
-    "loss": float(totals["loss"]) / count,
-    "examples": int(count),
-  }
-
-
-@dataclasses.dataclass(frozen=True)
-class Mesh:
-  """The device mesh and the two shardings the loop uses."""
-
-  mesh: jax.sharding.Mesh
-  replicated: NamedSharding
-  batch: NamedSharding
-
-  @classmethod
-  def create(cls, devices=None):
-    devices = jax.devices() if devices is None else list(devices)
-    mesh = jax.make_mesh(
-      (len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
-    )
-    return cls(mesh, NamedSharding(mesh, P()), NamedSharding(mesh, P("data")))
-
-  def global_batch(self, local_batch: dict[str, np.ndarray]):
-    """This process's slice of a global batch -> global arrays sharded over `data`."""
-    return {
-      k: jax.make_array_from_process_local_data(self.batch, v) for k, v in local_batch.items()
-    }
-
-
-def evaluate(apply_fn, variables, batches, mesh: Mesh) -> dict[str, float]:
-  """Top-1/top-5 accuracy and loss of `apply_fn(variables, images)` over `batches`."""
-  step = jax.jit(functools.partial(eval_step, apply_fn=apply_fn), out_shardings=mesh.replicated)
-  totals = None
-  for local in batches:
-    totals = accumulate(totals, step(variables, mesh.global_batch(local)))
-  return eval_metrics_from(totals)
-
-
-def eval_batches_for(config, info: data.DatasetInfo):
-  """A function returning a fresh pass over this process's share of the config's test split."""
-  return functools.partial(
-    data.eval_batches,
-    config.dataset,
-    batch_size=config.batch_size // jax.process_count(),
-    image_size=config.get("image_size") or info.image_size,
-    data_dir=config.get("data_dir"),
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
-
-
-def eval_apply_fn(model):
-  return lambda variables, x: model.apply(variables, x, train=False)
-
-
 def _check_finite(step: int, metrics: dict[str, float], last_saved: int | None) -> None:
   if all(np.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
     return
@@ -316,13 +196,6 @@ def _check_finite(step: int, metrics: dict[str, float], last_saved: int | None) 
   raise TrainingDivergedError(
     f"training diverged: the loss is {metrics['loss']} (gradient norm {metrics['grad_norm']}) "
     f"at step {step}; {kept}. Lower config.learning_rate or check the input data."
-  )
-
-
-def replicated(variables, mesh: Mesh):
-  """The same arrays on every process -> global arrays replicated over `mesh`."""
-  return jax.tree.map(
-    lambda x: jax.make_array_from_process_local_data(mesh.replicated, np.asarray(x)), variables
   )
 
 
@@ -596,9 +469,3 @@ def train_and_evaluate(
   writer.write_json("metrics.json", results)
   writer.close()
   return TrainResult(model=model, state=state, metrics=results)
-
-
-def load_config_json(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved in its workdir."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    return ml_collections.ConfigDict(json.load(f))

@@ -13,6 +13,7 @@ from flax import traverse_util
 from train_config import tiny_config
 
 from rmjax import compare, data, train
+from rmjax.mesh import Mesh
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -167,7 +168,7 @@ def test_trained_model_converts_to_an_equal_plain_network(tmp_path):
   def make_batches():
     return data.eval_batches(config.dataset, batch_size=256)
 
-  rows = compare.compare_with_plain(result.model, variables, make_batches, train.Mesh.create())
+  rows = compare.compare_with_plain(result.model, variables, make_batches, Mesh.create())
   original, plain = rows
   assert original["top1"] == plain["top1"] == result.metrics["eval_top1"]
   assert plain["max_abs_logit_diff"] < 1e-4
