@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rmjax import data, plain_io, run
+from rmjax import data, plain_io, run, summary
 from rmjax.mesh import Mesh
 
 
@@ -57,11 +57,14 @@ def eval_metrics_from(totals) -> dict[str, float]:
   }
 
 
-def evaluate(apply_fn, variables, batches, mesh: Mesh) -> dict[str, float]:
-  """Top-1/top-5 accuracy and loss of `apply_fn(variables, images)` over `batches`."""
+def evaluate(
+  apply_fn, variables, batches, mesh: Mesh, total: int | None = None
+) -> dict[str, float]:
+  """Top-1/top-5 accuracy and loss of `apply_fn(variables, images)` over `batches` (`total` of
+  them, if known: for the progress report)."""
   step = jax.jit(functools.partial(eval_step, apply_fn=apply_fn), out_shardings=mesh.replicated)
   totals = None
-  for local in batches:
+  for local in summary.progress(batches, "evaluating", total):
     totals = accumulate(totals, step(variables, mesh.global_batch(local)))
   return eval_metrics_from(totals)
 
@@ -72,8 +75,8 @@ def eval_batches_for(config, info: data.DatasetInfo):
     data.eval_batches,
     config.dataset,
     batch_size=config.batch_size // jax.process_count(),
-    image_size=config.get("image_size") or info.image_size,
-    data_dir=config.get("data_dir"),
+    image_size=config.image_size or info.image_size,
+    data_dir=config.data_dir,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
@@ -112,7 +115,8 @@ def evaluate_paths(paths, *, dataset=None, batch_size=256, data_dir=None):
       return data.eval_batches(name, batch_size=batch_size, data_dir=data_dir)
 
     try:
-      metrics = evaluate(apply_fn, variables, batches(), mesh)
+      total = -(-data.dataset_info(name, data_dir).num_test // batch_size)
+      metrics = evaluate(apply_fn, variables, batches(), mesh, total)
     except (FileNotFoundError, ValueError) as e:
       raise run.RunError(f"evaluating {path} on {name}: {e}") from None
     rows.append({"path": path, "what": what, "dataset": name, **metrics})

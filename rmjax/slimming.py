@@ -39,9 +39,9 @@ def check_config(config) -> None:
       "the config has no `prune` section (thresholds, finetune_epochs, ...): see "
       "configs/slim_resnet20.py"
     )
-  if not config.get("sparsity", 0) > 0:
+  if not config.sparsity > 0:
     raise ValueError(
-      f"config.sparsity is {config.get('sparsity', 0)}: network slimming needs an L1 penalty "
+      f"config.sparsity is {config.sparsity}: network slimming needs an L1 penalty "
       "on the BN scales (> 0; the paper uses 1e-4 ... 1e-3)"
     )
   if not str(config.model).startswith("resnet"):
@@ -49,7 +49,7 @@ def check_config(config) -> None:
       f"the pipeline compares RM pruning with slimming a ResNet; config.model is "
       f"{config.model!r}, not a ResNet"
     )
-  if not (config.get("model_kwargs") or {}).get("shortcut_bn"):
+  if not config.model_kwargs.get("shortcut_bn"):
     raise ValueError(
       "config.model_kwargs.shortcut_bn must be True: the BN on each identity shortcut gives "
       "the channels RM reserves an importance score to prune by (Sec. 4.2)"
