@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -82,3 +83,18 @@ def replace(src: str, dst: str) -> None:
     os.rename(src, dst)
   finally:
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_section(path: str, name: str, text: str) -> None:
+  """Replaces the part of `path` between `<!-- NAME -->` and `<!-- /NAME -->` with `text`
+  (appending the marked part if there is none), atomically; the rest is kept as written. How
+  generated tables live in hand-written docs."""
+  start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+  block = f"{start}\n{text.rstrip()}\n{end}"
+  doc = open(path).read() if os.path.exists(path) else ""
+  pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+  if pattern.search(doc):
+    doc = pattern.sub(lambda _: block, doc)
+  else:
+    doc = doc.rstrip() + ("\n\n" if doc else "") + block + "\n"
+  write_text(path, doc)

@@ -7,9 +7,6 @@
 
 from __future__ import annotations
 
-import os
-import re
-
 from rmjax import atomic
 from rmjax.bench.measure import FLOPS_TOLERANCE
 
@@ -233,12 +230,4 @@ def plot(report, path: str) -> None:
 def update_docs(path: str, section: str, text: str) -> None:
   """Replaces the part of `path` between `<!-- bench:SECTION -->` and `<!-- /bench:SECTION -->`
   with `text` (appending the marked part if there is none); the rest is kept as written."""
-  start, end = f"<!-- bench:{section} -->", f"<!-- /bench:{section} -->"
-  block = f"{start}\n{text.rstrip()}\n{end}"
-  doc = open(path).read() if os.path.exists(path) else ""
-  pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-  if pattern.search(doc):
-    doc = pattern.sub(lambda _: block, doc)
-  else:
-    doc = doc.rstrip() + ("\n\n" if doc else "") + block + "\n"
-  atomic.write_text(path, doc)
+  atomic.write_section(path, f"bench:{section}", text)
