@@ -293,6 +293,7 @@ def load_onnx(path: str, *, threads: int = 2) -> Callable:
   Example:
     >>> logits = load_onnx("/tmp/plain.onnx")(np.zeros((4, 32, 32, 3), np.float32))
   """
+  _require()
   with open(path, "rb") as f:
     session = _session(f.read(), threads)
   return lambda images: session.run([OUTPUT], {INPUT: np.asarray(images, np.float32)})[0]
