@@ -5,6 +5,7 @@ it does not, and convert.py --export onnx writes it next to PLAIN or writes noth
 import dataclasses
 import functools
 import os
+import re
 import subprocess
 import sys
 
@@ -181,6 +182,21 @@ def test_names_map_back_to_layers(tiny):
     weights["layers_3/kernel"], np.transpose(tiny["params"]["layers_3"]["kernel"], (3, 2, 0, 1))
   )
   assert [float(b) for b in weights["layers_2/max"].ravel()] == [6.0] * 5 + [np.inf] * 3
+
+
+def test_docs_loader_example_runs(tiny, tmp_path):
+  """The onnxruntime loader of docs/interop.md, run as written (only the path changes)."""
+  path = str(tmp_path / "plain.onnx")
+  onnx_export.export_onnx(TINY, tiny, TINY_SHAPE, path)
+  with open(os.path.join(ROOT, "docs", "interop.md")) as f:
+    doc = f.read()
+  code = re.search(r"<!-- onnx loader example -->\n```python\n(.*?)```", doc, re.S)[1]
+  scope = {}
+  exec(code.replace("/tmp/plain.onnx", path), scope)
+  assert scope["logits"].shape == (4, 5)
+  chex.assert_trees_all_close(
+    scope["logits"], eval_logits(TINY, tiny, np.zeros((4, *TINY_SHAPE))), atol=1e-5, rtol=0
+  )
 
 
 def corrupt(initializer: str, factor: float):
