@@ -170,6 +170,29 @@ def test_any_batch_size_either_layout(tiny, tmp_path, layout):
     assert_same_logits(run(fed), TINY, tiny, x)
 
 
+@pytest.mark.parametrize("layout", onnx_export.LAYOUTS)
+@pytest.mark.parametrize(
+  "net",
+  [
+    # No head: the output is an image, in the artefact's layout.
+    PlainNet((Conv(3, 4, 3, 2, padding=(0, 1)), PReLU(4), MaxPool())),
+    # BN and PReLU on features (2-D), after the pooling.
+    PlainNet((Conv(3, 4, 3), GlobalAvgPool(), BatchNorm(4), PReLU(4, 1.0, 2), Dense(4, 3))),
+  ],
+  ids=["headless", "features"],
+)
+def test_layers_on_images_and_on_features(tmp_path, layout, net):
+  x = images(2, (8, 8, 3))
+  variables = random_variables(net, x, seed=4)
+  path = str(tmp_path / "net.onnx")
+  onnx_export.export_onnx(net, variables, (8, 8, 3), path, layout=layout)
+  nchw = layout == "nchw"
+  got = onnx_export.load_onnx(path)(np.transpose(x, (0, 3, 1, 2)) if nchw else x)
+  if got.ndim == 4 and nchw:
+    got = np.transpose(got, (0, 2, 3, 1))
+  assert_same_logits(got, net, variables, x)
+
+
 def test_names_map_back_to_layers(tiny):
   model = onnx_export.to_onnx(TINY, tiny, TINY_SHAPE)
   names = [node.name for node in model.graph.node]

@@ -84,11 +84,13 @@ def _require():
 
 
 class _Graph:
-  """Nodes and initializers of the graph under construction, named as the module says."""
+  """Nodes and initializers of the graph under construction, named as the module says, and
+  the rank of the tensor the next layer takes: 4 (NCHW images) or 2 (NC features)."""
 
   def __init__(self, onnx):
     self.helper, self.numpy_helper = onnx.helper, onnx.numpy_helper
     self.nodes, self.initializers = [], []
+    self.rank = 4
 
   def const(self, name: str, value) -> str:
     self.initializers.append(self.numpy_helper.from_array(np.asarray(value, np.float32), name))
@@ -100,7 +102,7 @@ class _Graph:
 
 
 # One emitter per layer type: (graph, layer, variables of the layer, input tensor, layer name)
-# -> output tensor. Each checks the rank of its input: 4 (NCHW images) or 2 (NC features).
+# -> output tensor; `_EMITTERS` below says which input ranks each takes.
 
 
 def _conv(g: _Graph, layer: Conv, v, x: str, name: str) -> str:
@@ -145,9 +147,9 @@ def _relu(g: _Graph, layer: ReLU, v, x: str, name: str) -> str:
   return g.node("Clip", [x, *bounds], name)
 
 
-def _prelu(g: _Graph, layer: PReLU, v, x: str, name: str, rank: int) -> str:
+def _prelu(g: _Graph, layer: PReLU, v, x: str, name: str) -> str:
   # Per-channel arrays broadcast over NCHW as (C, 1, 1).
-  shape = (layer.features,) + (1,) * (rank - 2)
+  shape = (layer.features,) + (1,) * (g.rank - 2)
   slope = np.reshape(np.asarray(v["params"]["slope"]), shape)
   if layer.max_value is None or layer.clipped == 0:
     return g.node("PRelu", [x, g.const(f"{name}/slope", slope)], name)
@@ -199,9 +201,8 @@ def _layer_variables(variables, i: int) -> dict:
   return {col: tree[name] for col, tree in variables.items() if name in tree}
 
 
-def _emit_layers(g: _Graph, plain: PlainNet, variables, x: str) -> tuple[str, int]:
-  """Adds every layer's nodes after tensor `x` (NCHW); returns the last output and its rank."""
-  rank = 4
+def _emit_layers(g: _Graph, plain: PlainNet, variables, x: str) -> str:
+  """Adds every layer's nodes after tensor `x` (NCHW); returns the last output."""
   for i, layer in enumerate(plain.layers):
     if type(layer) not in _EMITTERS:
       raise OnnxExportError(
@@ -209,17 +210,16 @@ def _emit_layers(g: _Graph, plain: PlainNet, variables, x: str) -> tuple[str, in
         f"{', '.join(t.__name__ for t in _EMITTERS)}"
       )
     emit, ranks, out_rank = _EMITTERS[type(layer)]
-    if rank not in ranks:
+    if g.rank not in ranks:
       what = "image (4-D)" if 4 in ranks else "feature (2-D)"
       raise OnnxExportError(
         f"layer {i} ({type(layer).__name__}: {layer}) takes {what} input but gets a "
-        f"{rank}-D one; to_onnx exports a chain of convolutional layers, then "
+        f"{g.rank}-D one; to_onnx exports a chain of convolutional layers, then "
         "GlobalAvgPool, then Dense"
       )
-    extra = {"rank": rank} if emit is _prelu else {}
-    x = emit(g, layer, _layer_variables(variables, i), x, f"layers_{i}", **extra)
-    rank = out_rank or rank
-  return x, rank
+    x = emit(g, layer, _layer_variables(variables, i), x, f"layers_{i}")
+    g.rank = out_rank or g.rank
+  return x
 
 
 def to_onnx(plain: PlainNet, variables, input_shape, *, layout: str = "nhwc"):
@@ -247,17 +247,15 @@ def to_onnx(plain: PlainNet, variables, input_shape, *, layout: str = "nhwc"):
   out = jax.eval_shape(plain.apply, variables, jax.ShapeDtypeStruct((1, *input_shape), np.float32))
   g = _Graph(onnx)
   x = INPUT if layout == "nchw" else g.node("Transpose", [INPUT], f"{INPUT}/nchw", perm=_NCHW)
-  y, rank = _emit_layers(g, plain, variables, x)
-  out_shape = ["batch", *out.shape[1:]]
-  if rank == 4 and layout == "nchw":
-    out_shape = [out_shape[i] for i in _NCHW]
-  if rank == 4 and layout == "nhwc":
+  y = _emit_layers(g, plain, variables, x)
+  if g.rank == 4 and layout == "nhwc":
     g.node("Transpose", [y], OUTPUT, perm=_NHWC)
   else:
     g.node("Identity", [y], OUTPUT)
-  in_shape = ["batch", *input_shape]
+  in_shape, out_shape = ["batch", *input_shape], ["batch", *out.shape[1:]]
   if layout == "nchw":
     in_shape = [in_shape[i] for i in _NCHW]
+    out_shape = [out_shape[i] for i in _NCHW] if len(out_shape) == 4 else out_shape
   helper, floats = onnx.helper, onnx.TensorProto.FLOAT
   graph = helper.make_graph(
     g.nodes,
