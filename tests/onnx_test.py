@@ -20,7 +20,7 @@ from convert_cli import assert_fails
 from torchvision_state_dicts import numpy_resnet18
 
 import rmjax
-from rmjax import export, models, transforms
+from rmjax import export, models, run, transforms
 from rmjax.deploy import onnx as onnx_export
 from rmjax.models.plain import (
   BatchNorm,
@@ -316,8 +316,8 @@ def test_a_pruned_network_exports_through_export_plain(tmp_path):
   pruned, pruned_vars, report = transforms.prune(plain, plain_vars, threshold=1e-6)
   assert report["params_after"] < report["params_before"]
   origin = {"model": "pruned resnet18", "notes": []}
-  run = export.Run("pruned", None, None, pruned, pruned_vars, SHAPE, origin)
-  report = export.export_plain(run, str(tmp_path / "plain"), exports=("onnx",))
+  source = run.Run("pruned", None, None, pruned, pruned_vars, SHAPE, origin)
+  report = export.export_plain(source, str(tmp_path / "plain"), exports=("onnx",))
   assert report["exports"]["onnx"]["path"] == str(tmp_path / "plain.onnx")
   assert sorted(os.listdir(tmp_path)) == ["plain", "plain.onnx"]
   deployed, deployed_vars = rmjax.load_plain(str(tmp_path / "plain"))
