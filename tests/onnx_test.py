@@ -159,6 +159,7 @@ def test_any_batch_size_either_layout(tiny, tmp_path, layout):
   onnx_export.export_onnx(TINY, tiny, TINY_SHAPE, path, layout=layout)
   model = onnx.load(path)
   assert model.opset_import[0].version == onnx_export.OPSET
+  assert {p.key: p.value for p in model.metadata_props} == {"layout": layout}
   (shape,) = [i.type.tensor_type.shape.dim for i in model.graph.input]
   assert shape[0].dim_param == "batch"
   want_shape = TINY_SHAPE if layout == "nhwc" else (3, 16, 16)

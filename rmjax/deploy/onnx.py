@@ -17,9 +17,9 @@ Layout: the artefact takes NHWC images by default, `layout="nchw"` makes one tha
 NHWC because everything else rmjax hands out does — the model, PLAIN, the StableHLO and
 SavedModel artefacts written beside it by `convert.py --export` — so one preprocessing feeds
 all of them and the export is checked on the very batch the others are. The graph computes in
-NCHW (ONNX's Conv layout): the NHWC artefact begins with one Transpose of the input, a copy of
-the images, small against the first convolution. `nchw` drops it, for pipelines built around
-PyTorch-style inputs.
+NCHW (ONNX's Conv layout): the NHWC artefact begins with one Transpose of the input (one copy
+of the images). `nchw` drops it, for pipelines built around PyTorch-style inputs. The model's
+metadata property `layout` says which one a file takes.
 
 BatchNorm (the kept-BN form, `convert.py --keep_bn`) becomes a BatchNormalization node, not a
 fold into the conv before it: the graph stays the layer table one to one (node `layers_3` is
@@ -28,9 +28,9 @@ folding is already what the deploy form is (`rm_convert(keep_bn=False)`, bit for
 network rmjax verified). ONNX Runtime fuses Conv + BatchNormalization itself when it loads the
 model.
 
-Opset 21 (IR version 10): the newest opset of onnx 1.16, the oldest onnx this module supports,
-and run by every onnxruntime it supports (>= 1.19); no operator used here changed its
-semantics after it.
+Opset 21 (IR version 10): the newest of onnx 1.16, so that every onnx and onnxruntime the
+`deploy` extra allows reads the file (tests/onnx_test.py passes with onnx 1.16 + onnxruntime
+1.19, the oldest pair, and with onnx 1.23 + onnxruntime 1.32).
 
 Names: every node is named after its output. `layers_{i}` is layer i's output, `layers_{i}/...`
 a step inside it, and its weights are `layers_{i}/kernel`, `/bias`, `/scale`, `/mean`, `/var`,
