@@ -20,7 +20,8 @@ the "original" is then the rmjax model holding the imported weights.
   python convert.py --from_keras mobilenet_v2.keras /tmp/plain        # or .h5
 
 Serving artefacts of the plain network, next to PLAIN (checked against it before anything is
-written): --export stablehlo -> PLAIN.stablehlo, --export savedmodel -> PLAIN.savedmodel/.
+written): --export stablehlo -> PLAIN.stablehlo, --export savedmodel -> PLAIN.savedmodel/,
+--export onnx -> PLAIN.onnx (needs `pip install 'rmjax[deploy]'`).
 """
 
 import os
@@ -84,7 +85,9 @@ _EXPORT = flags.DEFINE_list(
   [],
   "Also write serving artefacts of the plain network, next to PLAIN: stablehlo -> "
   "PLAIN.stablehlo (a jax.export file), savedmodel -> PLAIN.savedmodel/ (TensorFlow, via "
-  "jax2tf). Comma-separated; any batch size. Each is reloaded and checked against PLAIN.",
+  "jax2tf), onnx -> PLAIN.onnx (opset 21, run and checked in ONNX Runtime; needs "
+  "`pip install 'rmjax[deploy]'`). Comma-separated; NHWC float32 images, any batch size. Each "
+  "is reloaded and checked against PLAIN.",
 )
 
 

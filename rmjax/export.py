@@ -6,7 +6,7 @@
 
 Imported weights (`convert.py --from_torch/--from_keras`) go the same way: `run.load_imported`
 gives a `Run` whose "original" is the rmjax model with the imported weights. With `exports`,
-serving artefacts (`rmjax.deploy.jax_formats`) are written next to PLAIN, checked against it, and
+serving artefacts (`rmjax.deploy`) are written next to PLAIN, checked against it, and
 only put in place together with it.
 
 Every failure is an `ExportError` (a ValueError) with a message for the user: the CLI prints it
@@ -24,9 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmjax import atomic, data, plain_io, run, transforms, verify
+from rmjax import atomic, data, deploy, plain_io, run, transforms, verify
 from rmjax.cost import count_macs, count_params
-from rmjax.deploy import jax_formats
 
 
 class ExportError(ValueError):
@@ -66,8 +65,8 @@ def export_plain(
   `max |logit difference| > tolerance * max(1, max |logit|)`: a relative bound for logits of
   magnitude above 1, an absolute one below.
 
-  `exports` (formats of `rmjax.deploy.jax_formats`) are written next to `plain_dir`
-  (`jax_formats.artefact_path`), reloaded and held to the same bound against the plain
+  `exports` (formats of `rmjax.deploy`) are written next to `plain_dir`
+  (`deploy.artefact_path`), reloaded and held to the same bound against the plain
   network on the random batch; they and PLAIN are put in place only when all passed.
   """
   if not tolerance >= 0:
@@ -161,12 +160,12 @@ def _stage_exports(formats, plain, plain_vars, input_shape, images, staging, rep
   report["exports"] = {}
   staged = []
   for fmt in formats:
-    final = jax_formats.artefact_path(report["plain_dir"], fmt)
+    final = deploy.artefact_path(report["plain_dir"], fmt)
     tmp = os.path.join(staging, os.path.basename(final))
     try:
-      jax_formats.EXPORTERS[fmt](plain, plain_vars, input_shape, tmp)
-      got = np.asarray(jax_formats.LOADERS[fmt](tmp)(np.asarray(images)))
-    except Exception as e:  # jax.export / TensorFlow errors: name the format, write nothing
+      deploy.EXPORTERS[fmt](plain, plain_vars, input_shape, tmp)
+      got = np.asarray(deploy.LOADERS[fmt](tmp)(np.asarray(images)))
+    except Exception as e:  # jax.export / TensorFlow / ONNX errors: name the format, write nothing
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise ExportError(
         f"the {fmt} export failed ({type(e).__name__}: {first}); nothing was written"
@@ -185,13 +184,13 @@ def _stage_exports(formats, plain, plain_vars, input_shape, images, staging, rep
 def check_writable(plain_dir: str, overwrite: bool, exports: tuple[str, ...] = ()) -> None:
   """Fails before any work if `plain_dir` or an export's artefact exists (without overwrite),
   an export format is unknown, or `plain_dir` cannot be created."""
-  unknown = [fmt for fmt in exports if fmt not in jax_formats.FORMATS]
+  unknown = [fmt for fmt in exports if fmt not in deploy.FORMATS]
   if unknown:
     raise ExportError(
       f"unknown export format(s) {', '.join(map(repr, unknown))}; known: "
-      f"{', '.join(jax_formats.FORMATS)}"
+      f"{', '.join(deploy.FORMATS)}"
     )
-  targets = [plain_dir] + [jax_formats.artefact_path(plain_dir, fmt) for fmt in exports]
+  targets = [plain_dir] + [deploy.artefact_path(plain_dir, fmt) for fmt in exports]
   for target in targets:
     if os.path.exists(target) and not overwrite:
       raise ExportError(f"{target} already exists; pass --overwrite to replace it")

@@ -18,7 +18,6 @@ TensorFlow is imported only by the SavedModel functions.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import jax
@@ -28,7 +27,6 @@ import numpy as np
 from rmjax import atomic
 from rmjax.models.plain import PlainNet
 
-FORMATS = ("stablehlo", "savedmodel")
 PLATFORMS = ("cpu", "cuda", "tpu")
 SIGNATURE = "serving_default"  # the SavedModel's signature: images -> {"logits": ...}
 
@@ -113,13 +111,3 @@ def load_savedmodel(path: str) -> Callable:
 
   serve = tf.saved_model.load(path).signatures[SIGNATURE]
   return lambda images: serve(images=tf.constant(np.asarray(images, np.float32)))["logits"].numpy()
-
-
-EXPORTERS = {"stablehlo": export_stablehlo, "savedmodel": export_savedmodel}
-LOADERS = {"stablehlo": load_stablehlo, "savedmodel": load_savedmodel}
-
-
-def artefact_path(plain_dir: str, fmt: str) -> str:
-  """Where `convert.py --export FMT` puts an artefact: next to PLAIN, `PLAIN.stablehlo` (a
-  file) or `PLAIN.savedmodel` (a directory)."""
-  return f"{os.path.abspath(plain_dir).rstrip(os.sep)}.{fmt}"
