@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from rmjax import atomic, compare, evaluation, export, plain_io, run, train, transforms
+from rmjax import atomic, compare, evaluation, export, plain_io, pruning, run, train, transforms
 from rmjax.cost import count_macs, count_params
 
 
@@ -122,11 +122,9 @@ def run_pipeline(config, workdir: str) -> list[dict[str, Any]]:
   for t in config.prune.thresholds:
     logging.info("3/3 threshold %g: prune the RMNet and the ResNet, fine-tune both", t)
     rm_dir = os.path.join(workdir, f"rmnet_{_threshold_name(t)}")
-    pruned, pruned_vars, _ = transforms.prune(plain, plain_vars, t)
-    source = {"pruned_from": plain_dir, "prune_threshold": float(t)}
     pruned_dir = os.path.join(rm_dir, "pruned")
-    plain_io.save_plain(
-      pruned_dir, pruned, pruned_vars, input_shape=sparse.input_shape, source=source, overwrite=True
+    logging.info(
+      "pruned at %g:\n%s", t, pruning.prune_plain_dir(plain_dir, pruned_dir, t, overwrite=True)
     )
     tuned_dir = os.path.join(rm_dir, "tuned")
     metrics = _trained(finetune_config(config, init_from=pruned_dir), tuned_dir)
