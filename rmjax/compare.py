@@ -47,8 +47,7 @@ def compare_with_plain(model, variables, make_batches, mesh: Mesh, *, keep_bn: b
   (`rows[1]["max_abs_logit_diff"]`); speed is timed on the first batch. Returns rows
   `{"network", "top1", "top5", "params", "imgs_per_sec"}`.
   """
-  convert = jax.jit(transforms.rm_convert, static_argnums=0, static_argnames="keep_bn")
-  plain, plain_vars = convert(model, variables, keep_bn=keep_bn)
+  plain, plain_vars = transforms.rm_convert_jit(model, variables, keep_bn=keep_bn)
   apply_model, apply_plain = eval_apply_fn(model), eval_apply_fn(plain)
   totals_model = totals_plain = images = None
   worst = 0.0

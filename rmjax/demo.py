@@ -33,10 +33,11 @@ def main(argv=None) -> None:
   variables = random_variables(model, x, seed=0)
   print(f"{args.model} ({args.stem} stem): {count_params(variables['params']):,} parameters")
 
-  convert = jax.jit(transforms.rm_convert, static_argnums=0, static_argnames="keep_bn")
   for keep_bn in (True, False):
     start = time.perf_counter()
-    plain, plain_vars = jax.block_until_ready(convert(model, variables, keep_bn=keep_bn))
+    plain, plain_vars = jax.block_until_ready(
+      transforms.rm_convert_jit(model, variables, keep_bn=keep_bn)
+    )
     seconds = time.perf_counter() - start
     form = "fine-tuning form (BN kept)" if keep_bn else "deploy form (BN folded)"
     diff = max_abs_difference(model, variables, plain, plain_vars, x)

@@ -74,12 +74,7 @@ def export_plain(
   plain_dir = os.path.abspath(plain_dir)
   check_writable(plain_dir, overwrite, exports)
   try:
-    convert = jax.jit(
-      transforms.rm_convert,
-      static_argnums=0,
-      static_argnames=("keep_bn", "dense_reserve", "fuse"),
-    )
-    plain, plain_vars = convert(
+    plain, plain_vars = transforms.rm_convert_jit(
       source.model, source.variables, keep_bn=keep_bn, dense_reserve=dense_reserve, fuse=fuse
     )
   except ValueError as e:

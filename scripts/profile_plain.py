@@ -67,7 +67,7 @@ def main(argv):
   model = models.create(_MODEL.value, num_classes=10, stem="cifar")
   x = jax.random.uniform(jax.random.key(0), (batch, 32, 32, 3))
   variables = random_variables(model, x[:1])
-  plain, plain_vars = jax.jit(transforms.rm_convert, static_argnums=0)(model, variables)
+  plain, plain_vars = transforms.rm_convert_jit(model, variables)
   applies = {
     "residual": (functools.partial(model.apply, train=False), variables),
     "plain, dense": (plain.apply, plain_vars),

@@ -319,9 +319,8 @@ def time_convert(
   variables = random_variables(
     model, jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   )
-  convert = jax.jit(transforms.rm_convert, static_argnums=0, static_argnames="keep_bn")
   start = time.perf_counter()
-  lowered = convert.lower(model, variables, keep_bn=keep_bn)
+  lowered = transforms.rm_convert_jit.lower(model, variables, keep_bn=keep_bn)
   lower_s = time.perf_counter() - start
   start = time.perf_counter()
   compiled = lowered.compile()

@@ -97,7 +97,7 @@ def residual(label: str, model, settings: Settings, role: str = "baseline"):
 def plain_forms(label: str, source: Network, model, variables, settings: Settings):
   """`rm_convert(model, variables)` run in each of `settings.modes` — "structured" only where
   the conversion recorded Dirac structure to skip — in `source`'s group."""
-  plain, plain_vars = jax.jit(transforms.rm_convert, static_argnums=0)(model, variables)
+  plain, plain_vars = transforms.rm_convert_jit(model, variables)
   problems = check_structure(plain, plain_vars)
   if problems:
     raise AssertionError("converted kernels lack their recorded structure:\n" + "\n".join(problems))

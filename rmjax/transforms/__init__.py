@@ -21,6 +21,7 @@ Building blocks, by the paper's steps:
   fuse_consecutive_pointwise   the same over a whole plain layer sequence (rm_convert's last step)
   repvgg_reparam      a RepVGG block's 3x3, 1x1 and identity branches -> one 3x3 conv (Eq. 1)
   rm_convert          the whole network, one registered converter per block type
+  rm_convert_jit      the same, jitted (model and options static, variables traced)
   prune               network slimming of a keep_bn plain network: drop channels whose |BN scale|
                       is below a threshold (Sec. 4.2, Fig. 4); not jittable (values pick shapes)
   prune_resnet        the ResNet baseline of Sec. 5.1: slimming with the residual connections in
@@ -41,6 +42,7 @@ from rmjax.transforms.convert import (
   fuse_consecutive_pointwise,
   register_converter,
   rm_convert,
+  rm_convert_jit,
 )
 from rmjax.transforms.dirac import dirac_kernel, grouped_to_dense, pad_kernel
 from rmjax.transforms.fuse import fuse_pointwise
@@ -69,4 +71,5 @@ __all__ = [
   "reserve",
   "reserve_grouped",
   "rm_convert",
+  "rm_convert_jit",
 ]

@@ -345,6 +345,13 @@ def rm_convert(
   return assemble(emitted)
 
 
+# `rm_convert` compiled, as every caller wants it: the architecture and the form options static,
+# the variables traced — one XLA program per architecture and form (ResNet-50 in ~1 s).
+rm_convert_jit = jax.jit(
+  rm_convert, static_argnums=0, static_argnames=("keep_bn", "dense_reserve", "fuse")
+)
+
+
 def assemble(emitted: list[Emitted]):
   """`(PlainNet, variables)` from emitted layers; layer i's variables live under `layers_{i}`."""
   params, stats = {}, {}
