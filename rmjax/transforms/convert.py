@@ -100,13 +100,11 @@ def emit_conv(
   `merged_identity`), recorded for structured execution (`rmjax.models.structured`).
 
   Raises:
-    ValueError: Dirac structure in a strided conv padded "same". A Dirac kernel copies through
-      its centre tap, which reads input `stride * i + k // 2 - low`: the strided 1x1 sampling
-      (`stride * i`) that a reserved or merged shortcut stands for (Eq. 2, 4; Appendix A.1 (b))
-      only where the low padding is `k // 2`. Under "same" that depends on the input's size (a
-      stride-2 3x3 conv pads low 1 on odd sizes, 0 on even ones), so no kernel is exact at
-      every size. At stride 1 "same" pads `k // 2` (odd k), and RM's converters emit that as an
-      int.
+    ValueError: Dirac structure in a strided conv padded "same". Its centre tap reads input
+      `stride * i + k // 2 - low`, the strided 1x1 sampling (`stride * i`) a reserved or merged
+      shortcut stands for (Eq. 2, 4; Appendix A.1 (b)) only where `low == k // 2`; under "same"
+      `low` depends on the input's size (stride-2 3x3: 1 on odd sizes, 0 on even ones), so no
+      kernel is exact at every size. (At stride 1, "same" is `k // 2` at every size.)
   """
   if padding == SAME and stride > 1 and any(structure.get(k) for k in ("reserved", "merged")):
     raise ValueError(
