@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from absl import app, flags, logging
 
 from rmjax import plain_io, transforms
-from rmjax.testing import count_macs
+from rmjax.cost import count_macs
 
 _THRESHOLD = flags.DEFINE_float(
   "threshold",

@@ -13,18 +13,15 @@ import time
 import jax
 
 from rmjax import models, transforms
-from rmjax.testing import (
-  count_params,
-  count_residual_adds,
-  max_abs_difference,
-  random_variables,
-)
+from rmjax.cost import count_params, count_residual_adds
+from rmjax.randomize import random_variables
+from rmjax.verify import max_abs_difference
 
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default="resnet18", choices=models.names())
-  parser.add_argument("--stem", default="cifar", choices=models.resnet.STEMS)
+  parser.add_argument("--stem", default="cifar", choices=models.layers.STEMS)
   parser.add_argument("--num_classes", type=int, default=10)
   parser.add_argument("--image_size", type=int, default=32)
   parser.add_argument("--batch_size", type=int, default=8)

@@ -13,6 +13,7 @@ import h5py
 import jax
 import numpy as np
 import pytest
+from convert_cli import run_cli
 
 import rmjax
 from rmjax import interop, transforms
@@ -267,8 +268,6 @@ def test_keras_built_at_any_size_imports_exactly_and_one_plain_network_serves_th
 def test_cli_checks_at_the_input_size_asked_and_plain_json_keeps_same(sized, capsys, tmp_path):
   """convert.py --from_keras FILE PLAIN --input_size 33 on a file Keras built for 100 px: the
   check batch is 33 px, and the written network computes what Keras built for 33 px does."""
-  from interop_cli_test import run_cli
-
   plain_dir = tmp_path / "plain"
   code, out, err = run_cli(
     capsys, "--from_keras", sized[(100, 100)][0], plain_dir, "--input_size=33"

@@ -210,5 +210,22 @@ def test_pytorch_twins_pad_as_tensorflow_does():
     assert_same_logits(jnp.asarray(torch_twins.logits(module, x)), jnp.asarray(want))
 
 
+def test_onnx_export_pads_as_tensorflow_does(tmp_path):
+  """`padding="same"` is ONNX's auto_pad SAME_UPPER; checked in ONNX Runtime at odd and even
+  sizes (export_onnx refuses a model that differs)."""
+  onnx = pytest.importorskip("onnx")
+  pytest.importorskip("onnxruntime")
+  from rmjax.deploy import onnx as onnx_export
+
+  _, _, plain, plain_vars = small_mobilenet()
+  for shape in SHAPES:
+    path = str(tmp_path / f"{shape[0]}x{shape[1]}.onnx")
+    check = onnx_export.export_onnx(plain, plain_vars, (*shape, 3), path)
+    assert check["max_abs_diff"] <= 1e-4 * max(1.0, check["logit_scale"])
+  convs = [n for n in onnx.load(path).graph.node if n.op_type == "Conv"]
+  auto = [n for n in convs if any(a.name == "auto_pad" for a in n.attribute)]
+  assert len(auto) == 3 and len(convs) > 3
+
+
 def test_same_layer_in_the_layer_table():
   assert "padding=same" in str(PlainNet((plain_layers.Conv(3, 8, 3, 2, padding=SAME),)))

@@ -32,8 +32,8 @@ from collections.abc import Callable
 import numpy as np
 from flax import traverse_util
 
-from rmjax.models import mobilenet, plain, repvgg, resnet, rmnext
-from rmjax.models.resnet import BlockNetwork
+from rmjax.models import layers, mobilenet, plain, repvgg, resnet, rmnext
+from rmjax.models.layers import BlockNetwork
 
 
 def _torch():
@@ -108,8 +108,8 @@ def _same_padded_forward(self, x):
   return self.conv(_torch().nn.functional.pad(x, (left, right, top, bottom)))
 
 
-def batch_norm(features: int, epsilon: float = resnet.BN_EPSILON):
-  return _torch().nn.BatchNorm2d(features, eps=epsilon, momentum=1 - resnet.BN_MOMENTUM)
+def batch_norm(features: int, epsilon: float = layers.BN_EPSILON):
+  return _torch().nn.BatchNorm2d(features, eps=epsilon, momentum=1 - layers.BN_MOMENTUM)
 
 
 def _activation(name: str = "relu", max_value: float | None = None):
@@ -172,7 +172,7 @@ def plain_twin(net: plain.PlainNet):
 # --- blocks: one builder per block type of `BlockNetwork.layout()` -----------------------------
 
 
-def _resnet_stem(stem: resnet.Stem):
+def _resnet_stem(stem: layers.Stem):
   nn = _torch().nn
   if stem.kind == "cifar":
     conv = conv2d(3, stem.features, 3, 1, 1)
@@ -277,7 +277,7 @@ def _repvgg_stem(stem: rmnext.RepVGGStem):
   return module
 
 
-def _head(head: resnet.Head, in_features: int):
+def _head(head: layers.Head, in_features: int):
   return _block(_head_forward, fc=_torch().nn.Linear(in_features, head.num_classes))
 
 
@@ -388,7 +388,7 @@ def _reserving_rep_block(block: repvgg.ReservingRepBlock):
 
 # Exact types: a subclass may change the forward (RMNeXtBlock is a ResidualBlock too).
 BLOCKS: dict[type, Callable] = {
-  resnet.Stem: _resnet_stem,
+  layers.Stem: _resnet_stem,
   resnet.BasicBlock: _basic_block,
   resnet.Bottleneck: _bottleneck,
   rmnext.RepVGGStem: _repvgg_stem,
@@ -406,7 +406,7 @@ def supports(model) -> bool:
   if isinstance(model, plain.PlainNet):
     return True
   return isinstance(model, BlockNetwork) and all(
-    type(b) in BLOCKS or type(b) is resnet.Head for b in model.layout()
+    type(b) in BLOCKS or type(b) is layers.Head for b in model.layout()
   )
 
 
@@ -419,7 +419,7 @@ def architecture(model):
     raise TypeError(f"no PyTorch twin for {type(model).__name__}")
   parts, width = {}, 3
   for block in model.layout():
-    if type(block) is resnet.Head:
+    if type(block) is layers.Head:
       parts[block.name] = _head(block, width)
       continue
     build = BLOCKS.get(type(block))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+from rmjax.models.layers import Head, StagedNetwork, Stem
 from rmjax.models.mobilenet import (
   BlockSpec,
   ConvBN,
@@ -38,11 +39,8 @@ from rmjax.models.repvgg import RepBlock, RepVGG, ReservingRepBlock
 from rmjax.models.resnet import (
   BasicBlock,
   Bottleneck,
-  Head,
   ResidualBlock,
   ResNet,
-  StagedNetwork,
-  Stem,
   resnet18,
   resnet20,
   resnet32,

@@ -34,8 +34,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rmjax.models.conv import Conv
-from rmjax.models.plain import SAME
-from rmjax.models.resnet import (
+from rmjax.models.layers import (
   BN_EPSILON,
   BN_MOMENTUM,
   BlockNetwork,
@@ -43,6 +42,7 @@ from rmjax.models.resnet import (
   check_stem,
   conv_init,
 )
+from rmjax.models.plain import SAME
 
 ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6}
 PADDINGS = ("torch", "keras", "keras_unsized")

@@ -26,6 +26,7 @@ from jax import lax
 
 # The Flax layer (an `nn.Conv` drop-in with fast CPU formulations) that runs a plain `Conv`.
 from rmjax.models.conv import Conv as ConvLayer
+from rmjax.models.structured import StructuredConv
 
 # `Conv.padding` of TensorFlow's "SAME": computed from the input's size when applied.
 SAME = "same"
@@ -291,9 +292,6 @@ class PlainNet(nn.Module):
     (`rmjax.models.structured`): the same function without multiplying the zeros."""
     for i, layer in enumerate(self.layers):
       if structured and isinstance(layer, Conv) and layer.structured:
-        # Deferred: structured.py builds on these layer specs.
-        from rmjax.models.structured import StructuredConv
-
         x = StructuredConv(layer, name=f"layers_{i}")(x)
       else:
         x = layer(x, train=train, name=f"layers_{i}")

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from rmjax.models.resnet import BlockNetwork, Head, batch_norm, check_stem, conv
+from rmjax.models.layers import BlockNetwork, Head, batch_norm, check_stem, conv
 
 # RepVGG's `optional_groupwise_layers`: the layers (stem = 0) whose 3x3 and 1x1 convs are grouped
 # in the g2 / g4 variants.

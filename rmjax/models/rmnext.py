@@ -18,14 +18,8 @@ import functools
 
 import flax.linen as nn
 
-from rmjax.models.resnet import (
-  ResidualBlock,
-  StagedNetwork,
-  StemBase,
-  batch_norm,
-  conv,
-  shortcut,
-)
+from rmjax.models.layers import StagedNetwork, StemBase, batch_norm, conv
+from rmjax.models.resnet import ResidualBlock, shortcut
 
 
 class RepVGGStem(StemBase):

@@ -9,8 +9,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rmjax.models.layers import BN_EPSILON, Head, Stem
 from rmjax.models.plain import Dense, GlobalAvgPool, MaxPool, ReLU
-from rmjax.models.resnet import BN_EPSILON, BasicBlock, Bottleneck, Head, ResidualBlock, Stem
+from rmjax.models.resnet import BasicBlock, Bottleneck, ResidualBlock
 from rmjax.transforms.convert import (
   Emitted,
   Options,
