@@ -65,7 +65,7 @@ def layers_from_json(entries) -> tuple[plain_layers.Layer, ...]:
       )
     try:
       layers.append(_LAYER_TYPES[kind](**fields))
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # unknown fields; a padding that is no padding
       raise PlainFormatError(f"layer {i} ({kind}): {e}") from None
   return tuple(layers)
 

@@ -1,8 +1,10 @@
 """rmjax.interop.from_keras: a Keras MobileNetV2 (.h5 and .keras) gives Keras' logits, before
-and after RM; what does not fit is named. Keras runs on whatever backend it finds (TensorFlow
-here); the files are written by the tests."""
+and after RM, at every input size; what does not fit is named. Keras runs on whatever backend it
+finds (TensorFlow here); the files are written by the tests."""
 
+import functools
 import io
+import json
 import shutil
 import zipfile
 
@@ -11,7 +13,9 @@ import h5py
 import jax
 import numpy as np
 import pytest
+from convert_cli import run_cli
 
+import rmjax
 from rmjax import interop, transforms
 from rmjax.models import mobilenet
 from rmjax.models import plain as plain_layers
@@ -33,9 +37,10 @@ def test_keras_padding_and_epsilon_reach_the_plain_layers():
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
   plain, _ = jax.eval_shape(lambda v: transforms.rm_convert(model, v, keep_bn=True), variables)
   convs = [x for x in plain.layers if isinstance(x, plain_layers.Conv) and x.kernel_size == 3]
-  assert {(c.stride, c.padding) for c in convs} == {(2, (0, 1)), (1, 1)}
+  # TensorFlow's "SAME" where it depends on the size (stride 2), its fixed value elsewhere.
+  assert {(c.stride, c.padding) for c in convs} == {(2, "same"), (1, 1)}
   assert {x.epsilon for x in plain.layers if isinstance(x, plain_layers.BatchNorm)} == {1e-3}
-  assert "padding=((0, 1), (0, 1))" in str(plain)
+  assert "stride=(2, 2), padding=same" in str(plain)
   with pytest.raises(ValueError, match="unknown padding 'tf'"):
     mobilenet.mobilenetv2(padding="tf").init(jax.random.key(0), X)
 
@@ -198,3 +203,107 @@ def test_bad_files(saved, tmp_path):
     f["model_weights/block_3_project"].attrs["weight_names"] = []
   with pytest.raises(interop.WeightImportError, match="missing block_3_project/kernel"):
     interop.from_keras(str(tmp_path / "cut_layer.h5"))
+
+
+# --- every input size ------------------------------------------------------------------------
+
+# TensorFlow's "SAME" pads a stride-2 3x3 conv (0, 1) on even sizes and (1, 1) on odd ones, and
+# the sizes the stride-2 convs see follow from the image size: 33 is odd at every one of them,
+# 100 and 112 turn odd (at 25 and 7), 96 (like 160 and 224: a multiple of 32) stays even.
+# Height and width are padded apart, so (112, 100) stands for 112 x 112 too. Each size costs two
+# compilations: the multiples of 32, which the old fixed padding got right, are 96 alone.
+SIZES = ((33, 33), (96, 96), (100, 100), (112, 100))
+
+
+def images(hw, seed=0):
+  return np.random.default_rng(seed).standard_normal((2, *hw, 3)).astype(np.float32)
+
+
+def assert_same_logits(got, want, what):
+  diff = float(np.max(np.abs(np.asarray(got) - want)))
+  print(f"{what}: max |diff| {diff:.3g}, max |logit| {np.max(np.abs(want)):.3g}")
+  assert diff <= 1e-4 * max(1.0, float(np.max(np.abs(want)))), what
+  assert np.max(np.abs(want)) > 0.3
+
+
+@pytest.fixture(scope="module")
+def sized(tmp_path_factory):
+  """Keras' MobileNetV2(alpha=0.35, classes=7) built for each of SIZES (Keras fixes a model's
+  input size), all with the same random weights, saved as .keras: `{hw: (path, x, logits)}`."""
+  keras = pytest.importorskip("keras")
+  tmp_dir = tmp_path_factory.mktemp("keras_sizes")
+  out = {}
+  for hw in SIZES:
+    model = keras.applications.MobileNetV2(
+      weights=None, input_shape=(*hw, 3), alpha=0.35, classes=7, classifier_activation=None
+    )
+    randomize(model, seed=11)  # same shapes, same draws: the same weights at every size
+    path = str(tmp_dir / f"mobilenetv2_{hw[0]}x{hw[1]}.keras")
+    model.save(path)
+    x = images(hw)
+    out[hw] = path, x, np.asarray(model(x, training=False))
+  return out
+
+
+def test_keras_built_at_any_size_imports_exactly_and_one_plain_network_serves_them_all(sized):
+  imported = {hw: interop.import_keras(path) for hw, (path, _, _) in sized.items()}
+  first = imported[SIZES[0]]
+  assert first.model.padding == "keras"
+  for hw, imp in imported.items():
+    assert imp.input_shape == (*hw, 3)
+    assert imp.model == first.model
+    chex.assert_trees_all_equal(imp.variables, first.variables)
+  model, variables = first.model, first.variables
+  plain, plain_vars = convert(model, variables)
+  for hw, (_, x, want) in sized.items():
+    assert_same_logits(eval_logits(model, variables, x), want, f"rmjax model at {hw}")
+    assert_same_logits(eval_logits(plain, plain_vars, x), want, f"plain network at {hw}")
+  # Structured execution (Dirac channels skipped) on the size that mixes odd and even.
+  _, x, want = sized[(112, 100)]
+  with jax.default_matmul_precision("highest"):
+    structured = jax.jit(functools.partial(plain.apply, structured=True))(plain_vars, x)
+  assert_same_logits(structured, want, "plain network, structured, at (112, 100)")
+
+
+def test_cli_checks_at_the_input_size_asked_and_plain_json_keeps_same(sized, capsys, tmp_path):
+  """convert.py --from_keras FILE PLAIN --input_size 33 on a file Keras built for 100 px: the
+  check batch is 33 px, and the written network computes what Keras built for 33 px does."""
+  plain_dir = tmp_path / "plain"
+  code, out, err = run_cli(
+    capsys, "--from_keras", sized[(100, 100)][0], plain_dir, "--input_size=33"
+  )
+  assert code == 0, err
+  assert "(checked on 33x33x3 inputs)" in out
+  arch = json.loads((plain_dir / "plain.json").read_text())
+  assert arch["input_shape"] == [33, 33, 3]
+  paddings = [x["padding"] for x in arch["layers"] if x["type"] == "Conv"]
+  assert "same" in paddings and all(p in ("same", 0, 1) for p in paddings)
+  plain, plain_vars = rmjax.load_plain(str(plain_dir))
+  _, x, want = sized[(33, 33)]
+  assert_same_logits(eval_logits(plain, plain_vars, x), want, "plain.json reloaded, at 33 px")
+
+
+def test_keras_built_without_a_size(tmp_path):
+  """A MobileNetV2 Keras built for `(None, None, 3)` inputs froze its blocks' ZeroPadding2D at
+  (0, 1) (keras.applications' correct_pad cannot know the size) while its stem stays "SAME":
+  the import is `padding="keras_unsized"` and exact at odd sizes too."""
+  keras = pytest.importorskip("keras")
+  base = keras.applications.MobileNetV2(
+    weights=None, input_shape=(None, None, 3), alpha=0.35, include_top=False, pooling="avg"
+  )
+  inputs = keras.Input((None, None, 3))
+  model = keras.Model(inputs, keras.layers.Dense(4, name="head")(base(inputs)))
+  randomize(model, seed=5)
+  for ext in ("keras", "h5"):
+    model.save(tmp_path / f"unsized.{ext}")
+  imported = interop.import_keras(str(tmp_path / "unsized.keras"))
+  legacy = interop.import_keras(str(tmp_path / "unsized.h5"))
+  assert imported.model == legacy.model and imported.model.padding == "keras_unsized"
+  assert imported.input_shape is None
+  plain, plain_vars = convert(imported.model, imported.variables)
+  # Height 33: the stem pads (1, 1), the blocks (0, 1) on their odd sizes 17, 9, 5, 3 (where
+  # "SAME" would pad (1, 1)); width 40: (0, 1) at the stem, then 20, 10, 5, 3.
+  x = images((33, 40), seed=1)
+  want = np.asarray(model(x, training=False))
+  assert_same_logits(eval_logits(imported.model, imported.variables, x), want, "unsized, 33x40")
+  assert_same_logits(eval_logits(plain, plain_vars, x), want, "unsized plain network, 33x40")

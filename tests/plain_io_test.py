@@ -5,7 +5,9 @@ import os
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import rmjax
 from rmjax import plain_io
@@ -48,3 +50,22 @@ def test_padding_low_high_is_tensorflow_same_on_even_sizes():
   np.testing.assert_allclose(got, same + bias, atol=1e-5)
   assert got.shape == (1, 4, 4, 4)
   assert conv.pads == (0, 1) and Conv(3, 4, 3, padding=np.int64(2)).padding == 2
+
+
+def test_same_padding_round_trips_and_serves_every_size(tmp_path):
+  """TensorFlow's "SAME" (Keras imports): stored as "same", padded per input when applied."""
+  plain = PlainNet((Conv(3, 4, 3, 2, padding="SAME"), ReLU(), GlobalAvgPool(), Dense(4, 3)))
+  assert plain.layers[0].padding == "same" and "padding=same" in str(plain)
+  variables = plain.init(jax.random.key(1), jnp.zeros((1, 9, 9, 3)))
+  path = str(tmp_path / "plain")
+  rmjax.save_plain(path, plain, variables, input_shape=(9, 9, 3))
+  with open(os.path.join(path, "plain.json")) as f:
+    assert json.load(f)["layers"][0]["padding"] == "same"
+  loaded, loaded_vars = rmjax.load_plain(path)
+  assert loaded == plain
+  for shape in ((9, 9), (8, 11)):
+    x = jax.random.normal(jax.random.key(0), (2, *shape, 3))
+    chex.assert_trees_all_close(loaded.apply(loaded_vars, x), plain.apply(variables, x), atol=0)
+  entry = {"type": "Conv", "in_features": 3, "out_features": 4, "kernel_size": 3, "padding": "full"}
+  with pytest.raises(plain_io.PlainFormatError, match="layer 0 \\(Conv\\): padding 'full'"):
+    plain_io.layers_from_json([entry])

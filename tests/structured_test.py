@@ -110,8 +110,9 @@ def test_structured_skips_the_zeros():
 
 
 def test_copies_and_adds_follow_stride_and_padding():
-  """A reserving and a merging conv at strides 1 and 2 with symmetric and asymmetric padding:
-  the centre tap's input position moves with the low padding."""
+  """A reserving and a merging conv at strides 1 and 2 with symmetric and asymmetric padding,
+  and TensorFlow's "same" (on 7 x 8 inputs: (1, 1) in height, (0, 1) in width at stride 2): the
+  centre tap's input position moves with the low padding."""
   rng = np.random.default_rng(0)
   c, m = 3, 5
   conv = {"kernel": jnp.asarray(rng.standard_normal((3, 3, c, m)), jnp.float32)}
@@ -122,7 +123,7 @@ def test_copies_and_adds_follow_stride_and_padding():
   x = jax.random.normal(jax.random.key(0), (2, 7, 8, 2 * c))
   cases = []
   for stride in (1, 2):
-    for padding in (1, (0, 1), (1, 0)):
+    for padding in (1, (0, 1), (1, 0), "same"):
       cases.append((plain_layers.Conv(c, m + c, 3, stride, padding, reserved=c), reserving, c))
       cases.append((plain_layers.Conv(2 * c, m, 3, stride, padding, merged=c), merging, 2 * c))
 

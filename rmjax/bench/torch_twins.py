@@ -10,7 +10,8 @@ the rmjax model's eval-mode logits; the benchmark times it beside rmjax
 Each torch submodule is named as the Flax module whose variables it holds (`layer1_0.conv1`,
 `layers_3`, `head.fc`), so copying the variables is one walk over their paths; every torch
 parameter and BN statistic must receive one. Symmetric padding is the conv's own, asymmetric
-padding (TensorFlow's "SAME") a `ZeroPad2d` in front of it. BN momentum is torch's 0.1 (Flax's
+padding a `ZeroPad2d` in front of it, and `padding="same"` (TensorFlow's, which depends on the
+input's size) a pad computed from each input as it comes. BN momentum is torch's 0.1 (Flax's
 0.9); in training mode torch updates `running_var` with the unbiased batch variance, Flax with
 the biased one — the same cost, slightly different statistics.
 
@@ -80,12 +81,16 @@ def conv2d(
   out_features: int,
   kernel_size: int,
   stride: int = 1,
-  pads: int | tuple[int, int] = 0,
+  pads: int | tuple[int, int] | str = 0,
   groups: int = 1,
   bias: bool = False,
 ):
-  """`nn.Conv2d`, or `ZeroPad2d` + `nn.Conv2d` for asymmetric `pads` = (low, high)."""
+  """`nn.Conv2d`, or `ZeroPad2d` + `nn.Conv2d` for asymmetric `pads` = (low, high), or for
+  `pads="same"` (`plain.SAME`) a block that pads each input by TensorFlow's rule first."""
   nn = _torch().nn
+  if pads == plain.SAME:
+    conv = nn.Conv2d(in_features, out_features, kernel_size, stride, groups=groups, bias=bias)
+    return _block(_same_padded_forward, conv=conv)
   low, high = (pads, pads) if isinstance(pads, int) else pads
   padding = low if low == high else 0
   conv = nn.Conv2d(
@@ -94,6 +99,13 @@ def conv2d(
   if low == high:
     return conv
   return nn.Sequential(nn.ZeroPad2d((low, high, low, high)), conv)
+
+
+def _same_padded_forward(self, x):
+  # torch's own padding="same" refuses strides; this is TensorFlow's, per axis (NCHW).
+  k, s = self.conv.kernel_size[0], self.conv.stride[0]
+  (top, bottom), (left, right) = (plain.same_pads(n, k, s) for n in x.shape[2:])
+  return self.conv(_torch().nn.functional.pad(x, (left, right, top, bottom)))
 
 
 def batch_norm(features: int, epsilon: float = layers.BN_EPSILON):
@@ -128,7 +140,7 @@ def _plain_layer(layer):
       layer.out_features,
       layer.kernel_size,
       layer.stride,
-      layer.pads,
+      layer.padding,
       layer.groups,
       layer.use_bias,
     )

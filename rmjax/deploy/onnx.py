@@ -6,12 +6,12 @@
 `to_onnx` writes the graph with `onnx.helper` from `plain.layers` itself, one layer onto one or
 two ONNX operators (a plain network is a chain of standard layers, so there is nothing to
 trace, and every attribute is the layer's own): Conv (`group`, explicit `pads`, which may be
-asymmetric: TensorFlow "SAME"), Relu, Clip (ReLU6), PRelu followed by `Min` with a per-channel
-bound (max_value on the first `clipped` channels, +inf on the rest: exact, as `min(y, inf) = y`),
-MaxPool (ONNX pads max pooling with -inf, as PyTorch and rmjax do), GlobalAveragePool + Flatten,
-Gemm. `export_onnx` runs the model in ONNX Runtime (CPU) on a random batch against
-`plain.apply` and writes nothing unless it agrees; on a mismatch the error names the layer
-that computes something else (`worst_layer`).
+asymmetric, or for `padding="same"` (TensorFlow's "SAME") `auto_pad="SAME_UPPER"`), Relu, Clip
+(ReLU6), PRelu followed by `Min` with a per-channel bound (max_value on the first `clipped`
+channels, +inf on the rest: exact, as `min(y, inf) = y`), MaxPool (ONNX pads max pooling with
+-inf, as PyTorch and rmjax do), GlobalAveragePool + Flatten, Gemm. `export_onnx` runs the model
+in ONNX Runtime (CPU) on a random batch against `plain.apply` and writes nothing unless it
+agrees; on a mismatch the error names the layer that computes something else (`worst_layer`).
 
 Layout: the artefact takes NHWC images by default, `layout="nchw"` makes one that takes NCHW.
 NHWC because everything else rmjax hands out does — the model, PLAIN, the StableHLO and
@@ -50,6 +50,7 @@ import numpy as np
 
 from rmjax import atomic, verify
 from rmjax.models.plain import (
+  SAME,
   BatchNorm,
   Conv,
   Dense,
@@ -111,16 +112,21 @@ def _conv(g: _Graph, layer: Conv, v, x: str, name: str) -> str:
   inputs = [x, g.const(f"{name}/kernel", kernel)]
   if layer.use_bias:
     inputs.append(g.const(f"{name}/bias", v["params"]["bias"]))
-  low, high = layer.pads
+  if layer.padding == SAME:
+    # TensorFlow's "SAME" (from the input's size), which ONNX calls SAME_UPPER.
+    padding = {"auto_pad": "SAME_UPPER"}
+  else:
+    low, high = layer.pads
+    padding = {"pads": [low, low, high, high]}
   return g.node(
     "Conv",
     inputs,
     name,
     kernel_shape=[layer.kernel_size] * 2,
     strides=[layer.stride] * 2,
-    pads=[low, low, high, high],
     dilations=[1, 1],
     group=layer.groups,
+    **padding,
   )
 
 

@@ -4,8 +4,12 @@
   >>> logits = model.apply(variables, x, train=False)       # Keras' logits (before any softmax)
 
 Beyond renaming, three things must match Keras exactly: BN epsilon 1e-3 (read from the file),
-ReLU6, and TensorFlow's "SAME" padding — (0, 1) before every stride-2 3x3 conv (the stem's
-`padding="same"`, the blocks' `ZeroPadding2D`); that is `mobilenetv2(padding="keras")`. Depthwise
+ReLU6, and TensorFlow's "SAME" padding of every stride-2 3x3 conv (the stem's `padding="same"`,
+the blocks' `ZeroPadding2D`), which depends on the size it sees: (0, 1) on even sizes, (1, 1)
+on odd ones. That is `mobilenetv2(padding="keras")`, computed from the input's size when
+applied, so the import is what Keras' MobileNetV2 built for that size computes, at every size.
+A model Keras built without a fixed size (`input_shape=(None, None, 3)`) froze its blocks'
+`ZeroPadding2D` at (0, 1) instead: `padding="keras_unsized"`, read off its input layer. Depthwise
 kernels are (3, 3, C, 1) in Keras and (3, 3, 1, C) in Flax. Width multiplier, head width and
 class count come from the shapes, so `alpha`, `classes` and a custom head all import: the model
 may be `MobileNetV2(include_top=True, classes=N)`, or an `include_top=False, pooling="avg"` base
@@ -74,7 +78,9 @@ def from_keras(path: str) -> tuple:
   """`(model, variables)` for the Keras MobileNetV2 saved at `path` (.h5 or .keras).
 
   The rmjax model is `mobilenetv2(width=alpha, num_classes=classes, bn_epsilon=1e-3,
-  padding="keras")` with the file's widths; its output is the classifier's logits (a softmax
+  padding="keras")` with the file's widths (`"keras_unsized"` for a model built without a fixed
+  input size); it takes any input size of at least 32, as a Keras MobileNetV2 built for that
+  size does; its output is the classifier's logits (a softmax
   the Keras model ends with is left out: same argmax, apply `jax.nn.softmax` for
   probabilities). Inputs are what the Keras model takes (`preprocess_input`: [-1, 1]).
 
@@ -101,7 +107,7 @@ def import_keras(path: str) -> Imported:
   if len(epsilons) > 1:
     problems.append(f"BatchNormalization layers with different epsilons {sorted(epsilons)}")
   epsilon = epsilons.pop() if len(epsilons) == 1 else KERAS_BN_EPSILON
-  model = _mobilenetv2(f.weights, dense, epsilon)
+  model = _mobilenetv2(f.weights, dense, epsilon, _padding(f.layers))
   variables = gather(
     model,
     f.weights,
@@ -237,16 +243,30 @@ def _flat_layers(config) -> list[dict[str, Any]]:
   return out
 
 
+def _batch_shape(input_layer) -> tuple:
+  cfg = input_layer["config"]
+  return tuple(cfg.get("batch_shape") or cfg.get("batch_input_shape") or ())
+
+
 def _input_shape(config) -> tuple[int, int, int] | None:
   for layer in _flat_layers(config):
     if layer["class_name"] == "InputLayer":
-      cfg = layer["config"]
-      shape = cfg.get("batch_shape") or cfg.get("batch_input_shape") or ()
-      dims = tuple(shape[1:])
+      dims = _batch_shape(layer)[1:]
       if len(dims) == 3 and all(isinstance(d, int) for d in dims):
         return dims
       return None
   return None
+
+
+def _padding(layers) -> str:
+  """ "keras" (TensorFlow's "SAME" at every size), or "keras_unsized" where the MobileNetV2 was
+  built without a known height: `keras.applications`' `correct_pad` then pads its blocks'
+  stride-2 convs (0, 1) whatever the size. Its input layer is the last one before its first
+  `ZeroPadding2D` (an outer model's comes before it); without a config, "keras"."""
+  first_pad = next((i for i, x in enumerate(layers) if x["class_name"] == "ZeroPadding2D"), 0)
+  inputs = [x for x in layers[:first_pad] if x["class_name"] == "InputLayer"]
+  shape = _batch_shape(inputs[-1]) if inputs else ()
+  return "keras_unsized" if len(shape) == 4 and shape[1] is None else "keras"
 
 
 # --- checks and names -------------------------------------------------------------------------
@@ -325,7 +345,7 @@ def _rule(dense: str, path: tuple[str, ...]) -> tuple[str, Layout]:
   return f"{name}/{_BN[leaf]}", SAME
 
 
-def _mobilenetv2(weights, dense: str, epsilon: float) -> MobileNetV2:
+def _mobilenetv2(weights, dense: str, epsilon: float, padding: str) -> MobileNetV2:
   """The MobileNetV2 whose widths the weights have (Keras' defaults where a weight is missing,
   so that `gather` names it)."""
   default = mobilenetv2()
@@ -347,5 +367,5 @@ def _mobilenetv2(weights, dense: str, epsilon: float) -> MobileNetV2:
     stem="imagenet",
     activation="relu6",
     bn_epsilon=epsilon,
-    padding="keras",
+    padding=padding,
   )

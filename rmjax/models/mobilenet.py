@@ -18,8 +18,11 @@ sequence — and its widths are V1's when every depthwise conv is, after RM, as 
 
 Imported weights (`rmjax.interop`) need two fields to compute what their framework computed:
 `bn_epsilon` (PyTorch 1e-5, Keras 1e-3) and `padding` ("torch": k // 2 on every side; "keras":
-TensorFlow's "SAME", i.e. (0, 1) before a stride-2 3x3 conv — Keras' `ZeroPadding2D` and its
-stem's `padding="same"` on even sizes).
+TensorFlow's "SAME", which for a stride-2 3x3 conv depends on its input's size: (0, 1) on even
+sizes, (1, 1) on odd ones — what Keras' stem (`padding="same"`) and its blocks'
+`ZeroPadding2D(correct_pad(...))` compute in a MobileNetV2 built for one input size;
+"keras_unsized": a Keras MobileNetV2 built without a fixed size (`input_shape=(None, None, 3)`),
+whose blocks' `ZeroPadding2D` were fixed at (0, 1) for every size while its stem stays "SAME").
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ from rmjax.models.layers import (
   check_stem,
   conv_init,
 )
+from rmjax.models.plain import SAME
 
 ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6}
-PADDINGS = ("torch", "keras")
+PADDINGS = ("torch", "keras", "keras_unsized")
 
 
 def _check_activation(name: str) -> None:
@@ -54,16 +58,22 @@ def _check_padding(name: str) -> None:
     raise ValueError(f"unknown padding {name!r}; expected one of {PADDINGS}")
 
 
-def conv_padding(kernel_size: int, stride: int, padding: str) -> int | tuple[int, int]:
-  """Zero padding of a conv, per side: an int (symmetric) or `(low, high)`.
+def conv_padding(kernel_size: int, stride: int, padding: str) -> int | tuple[int, int] | str:
+  """Zero padding of a conv as `rmjax.models.plain.Conv.padding` takes it: an int (every side),
+  `(low, high)`, or `SAME` (TensorFlow's rule, from the input's size when applied).
 
-  "torch": `kernel_size // 2` everywhere. "keras": TensorFlow's "SAME" on a size the stride
-  divides — `kernel_size - stride` in all, the odd one at the end: (0, 1) for a stride-2 3x3
-  conv (what Keras applies to 224, 96, ... inputs; on odd sizes Keras pads (1, 1) instead).
+  "torch": `kernel_size // 2` everywhere. "keras": TensorFlow's "SAME": `SAME` where it depends
+  on the input's size (a strided k x k conv, k > 1: a stride-2 3x3 conv pads (0, 1) on even
+  sizes, (1, 1) on odd ones); elsewhere its fixed value — `k - 1` in all, the odd one at the
+  end (a stride-1 3x3 conv pads 1, a 1x1 conv nothing, at every size). "keras_unsized": "SAME"
+  on even sizes, `(k // 2 - 1, k // 2)`, at every size: Keras' `correct_pad` for an unknown size
+  (a MobileNetV2's stem is "keras" either way: `MobileNetV2.layout`).
   """
   if padding == "torch":
     return kernel_size // 2
-  total = max(kernel_size - stride, 0)
+  if stride > 1 and kernel_size > 1:
+    return SAME if padding == "keras" else (kernel_size // 2 - 1, kernel_size // 2)
+  total = kernel_size - 1
   low, high = total // 2, total - total // 2
   return low if low == high else (low, high)
 
@@ -79,12 +89,15 @@ def conv(
 ) -> Conv:
   """A bias-free conv, `groups` groups, padded as `conv_padding` says."""
   pad = conv_padding(kernel_size, stride, padding)
-  pads = (pad, pad) if isinstance(pad, int) else pad
+  if pad == SAME:
+    pads = "SAME"  # lax's, TensorFlow's rule (`plain.same_pads`), per axis when applied
+  else:
+    pads = ((pad, pad),) * 2 if isinstance(pad, int) else (pad, pad)
   return Conv(
     features,
     (kernel_size, kernel_size),
     strides=(stride, stride),
-    padding=(pads, pads),
+    padding=pads,
     feature_group_count=groups,
     use_bias=False,
     kernel_init=conv_init,
@@ -256,8 +269,10 @@ class MobileNetV2(BlockNetwork):
 
   def layout(self) -> tuple[nn.Module, ...]:
     act, eps, pad = self.activation, self.bn_epsilon, self.padding
+    # Keras' stem is a Conv2D(padding="same"), "SAME" whether or not the size was known.
+    stem_pad = "keras" if pad == "keras_unsized" else pad
     parts: list[nn.Module] = [
-      stem_block(self.stem_features, self.stem, act, bn_epsilon=eps, padding=pad)
+      stem_block(self.stem_features, self.stem, act, bn_epsilon=eps, padding=stem_pad)
     ]
     width = self.stem_features
     for i, b in enumerate(self.blocks):
@@ -315,7 +330,8 @@ def mobilenetv2(
   """The standard MobileNetV2 with width multiplier `width` (3.4M parameters at 1.0).
 
   torchvision's `mobilenet_v2(width_mult=width)` is the default; Keras'
-  `MobileNetV2(alpha=width)` is `bn_epsilon=1e-3, padding="keras"`.
+  `MobileNetV2(alpha=width)` is `bn_epsilon=1e-3, padding="keras"` (`"keras_unsized"` where
+  Keras built it without a fixed input size).
   """
   blocks, in_features = [], make_divisible(32 * width)
   for t, c, n, s in MOBILENETV2_SETTING:

@@ -22,10 +22,22 @@ import numbers
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 # The Flax layer (an `nn.Conv` drop-in with fast CPU formulations) that runs a plain `Conv`.
 from rmjax.models.conv import Conv as ConvLayer
 from rmjax.models.structured import StructuredConv
+
+# `Conv.padding` of TensorFlow's "SAME": computed from the input's size when applied.
+SAME = "same"
+
+
+def same_pads(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
+  """TensorFlow's "SAME" padding `(low, high)` of a spatial axis of `size` pixels:
+  `max((ceil(size / stride) - 1) * stride + kernel_size - size, 0)` in all, the odd one at the
+  end. lax's "SAME" (what `rmjax.models.conv.conv2d(padding="SAME")` applies) is this rule."""
+  ((low, high),) = lax.padtype_to_pads((size,), (kernel_size,), (stride,), "SAME")
+  return int(low), int(high)
 
 
 def _pair(v: int) -> str:
@@ -37,8 +49,11 @@ class Conv:
   """A 2-D convolution with zero padding; kernel HWIO `(k, k, in // groups, out)`.
 
   `padding`: `p` pads every side by p (PyTorch); `(low, high)` pads top and left by `low`,
-  bottom and right by `high` — `(0, 1)` is TensorFlow's "SAME" for a stride-2 3x3 conv on an
-  even size, which Keras-trained networks need. A symmetric pair is stored as its int.
+  bottom and right by `high`. A symmetric pair is stored as its int. `"same"` (`SAME`) is
+  TensorFlow's "SAME", which Keras-trained networks need: per spatial axis of n pixels,
+  `max((ceil(n / stride) - 1) * stride + k - n, 0)` in all, the odd one at the end — (0, 1) for
+  a stride-2 3x3 conv on even n, (1, 1) on odd n — so the same layer serves every input size,
+  and `pads_at(n)` says what it pads.
 
   The RM converters also record where the kernel is Dirac structure rather than learned
   weights, so that `PlainNet.apply(..., structured=True)` can skip its zeros
@@ -59,7 +74,7 @@ class Conv:
   out_features: int
   kernel_size: int
   stride: int = 1
-  padding: int | tuple[int, int] = 0
+  padding: int | tuple[int, int] | str = 0
   groups: int = 1
   use_bias: bool = True
   reserved: int = 0
@@ -70,15 +85,28 @@ class Conv:
   def __post_init__(self):
     # plain.json gives lists; normalising keeps equal layers equal (and old files valid).
     p = self.padding
+    if isinstance(p, str):
+      if p.lower() != SAME:
+        raise ValueError(f"padding {p!r}: expected an int, a (low, high) pair or {SAME!r}")
+      object.__setattr__(self, "padding", SAME)
+      return
     low, high = (p, p) if isinstance(p, numbers.Integral) else p
     low, high = int(low), int(high)
     object.__setattr__(self, "padding", low if low == high else (low, high))
 
   @property
   def pads(self) -> tuple[int, int]:
-    """`(low, high)` padding of each spatial axis."""
+    """`(low, high)` padding of each spatial axis; for `"same"`, see `pads_at`."""
     p = self.padding
+    if p == SAME:
+      raise ValueError(f"{self}: its padding depends on the input size; use pads_at(size)")
     return (p, p) if isinstance(p, int) else p
+
+  def pads_at(self, size: int) -> tuple[int, int]:
+    """`(low, high)` padding of a spatial axis of `size` pixels (fixed unless `"same"`)."""
+    if self.padding != SAME:
+      return self.pads
+    return same_pads(size, self.kernel_size, self.stride)
 
   @property
   def structured(self) -> bool:
@@ -95,7 +123,7 @@ class Conv:
       self.out_features,
       (self.kernel_size, self.kernel_size),
       strides=(self.stride, self.stride),
-      padding=(self.pads, self.pads),
+      padding=(self.pads_at(x.shape[-3]), self.pads_at(x.shape[-2])),
       feature_group_count=self.groups,
       use_bias=self.use_bias,
       name=name,
@@ -104,7 +132,9 @@ class Conv:
   def __str__(self):
     s = f"Conv({self.in_features}, {self.out_features}, kernel_size={_pair(self.kernel_size)}"
     s += f", stride={_pair(self.stride)}"
-    if isinstance(self.padding, tuple):
+    if self.padding == SAME:
+      s += f", padding={SAME}"
+    elif isinstance(self.padding, tuple):
       s += f", padding=({self.pads}, {self.pads})"
     elif self.padding:
       s += f", padding={_pair(self.padding)}"

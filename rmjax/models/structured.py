@@ -31,16 +31,19 @@ from rmjax.models.conv import conv2d
 
 
 def _conv(x, kernel, spec, groups: int):
-  return conv2d(x, kernel, strides=spec.stride, padding=(spec.pads, spec.pads), groups=groups)
+  pads = (spec.pads_at(x.shape[1]), spec.pads_at(x.shape[2]))
+  return conv2d(x, kernel, strides=spec.stride, padding=pads, groups=groups)
 
 
 def centre_samples(x, spec):
   """What the kernel's centre tap reads at each output position: `x` sampled at the conv's
-  stride and offset by its padding (zero where that falls into the padding)."""
+  stride and offset by its padding (zero where that falls into the padding). With padding
+  "same" the offset depends on the axis' size: a stride-2 3x3 conv's centre tap reads input
+  `2 i + 1` on even sizes (padded (0, 1)) but `2 i` on odd ones (padded (1, 1))."""
   k, c = spec.kernel_size, spec.kernel_size // 2
-  low, high = spec.pads
   for axis in (1, 2):
     n = x.shape[axis]
+    low, high = spec.pads_at(n)
     size = (n + low + high - k) // spec.stride + 1
     start = c - low
     stop = start + (size - 1) * spec.stride + 1

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from rmjax.models.plain import BatchNorm, Conv, Layer, PlainNet
+from rmjax.models.plain import SAME, BatchNorm, Conv, Layer, PlainNet
 from rmjax.transforms.batchnorm import fold_batchnorm
 from rmjax.transforms.fuse import fuse_pointwise
 
@@ -88,16 +88,29 @@ def emit_conv(
   layer,
   *,
   stride: int,
-  padding: int | tuple[int, int],
+  padding: int | tuple[int, int] | str,
   groups: int = 1,
   epsilon: float = 1e-5,
   **structure,
 ):
   """Plain layers for an RM conv layer dict: Conv with bias, or Conv without bias + BatchNorm.
 
+  `padding`: as `Conv.padding` takes it, `"same"` (TensorFlow's, from the input's size) too.
   `structure`: where the kernel is Dirac structure (`Conv.reserved`, `carried`, `merged`,
   `merged_identity`), recorded for structured execution (`rmjax.models.structured`).
+
+  Raises:
+    ValueError: Dirac structure in a strided conv padded "same". Its centre tap reads input
+      `stride * i + k // 2 - low`, the strided 1x1 sampling (`stride * i`) a reserved or merged
+      shortcut stands for (Eq. 2, 4; Appendix A.1 (b)) only where `low == k // 2`; under "same"
+      `low` depends on the input's size (stride-2 3x3: 1 on odd sizes, 0 on even ones), so no
+      kernel is exact at every size. (At stride 1, "same" is `k // 2` at every size.)
   """
+  if padding == SAME and stride > 1 and any(structure.get(k) for k in ("reserved", "merged")):
+    raise ValueError(
+      f"a stride-{stride} conv padded {SAME!r} (TensorFlow's) cannot carry Dirac channels: its "
+      "centre tap reads a different input pixel on even and odd input sizes"
+    )
   kernel = layer["kernel"]
   spec = Conv(
     in_features=kernel.shape[2] * groups,

@@ -17,7 +17,9 @@ def dirac_kernel(channels: int, kernel_size: int = 3, *, groups: int = 1, dtype=
   Only the centre tap is non-zero, so with padding `kernel_size // 2` and any stride the
   output at (i, j) is the input at (stride*i, stride*j) — the sampling of a strided 1x1 conv,
   which is what lets a reserving conv carry a downsample block's stride (Appendix A.1 (b)).
-  With `groups > 1` the kernel is grouped: shape `(k, k, channels // groups, channels)`.
+  (Not under TensorFlow's "SAME" at stride 2, which pads low 0 on even sizes: the centre tap
+  then reads `stride*i + 1`; `emit_conv` refuses that.) With `groups > 1` the kernel is
+  grouped: shape `(k, k, channels // groups, channels)`.
 
     >>> dirac_kernel(4, 3).shape
     (3, 3, 4, 4)

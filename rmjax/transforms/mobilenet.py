@@ -11,9 +11,12 @@ activation between them; `rm_convert` fuses such pairs (Eq. 5), which is what ma
 paper's re-designed MobileNetV2 come out as MobileNetV1.
 
 Every block carries its BN epsilon and padding convention (`bn_epsilon`, `padding`: imported
-Keras networks use 1e-3 and TensorFlow's "SAME"); the plain layers copy both. Only stride-1
-depthwise convs carry reserved channels, and those are padded (1, 1) either way, so the Dirac
-kernels need no care about asymmetric padding.
+Keras networks use 1e-3 and TensorFlow's "SAME"); the plain layers copy both, a stride-2 conv's
+"SAME" as `padding="same"` (computed from its input's size, so one plain network serves every
+size the Keras model does). Only stride-1 depthwise convs carry reserved channels, and those are
+padded (1, 1) at every size either way, so their Dirac kernels' centre taps read the pixel the
+shortcut carries; a stride-2 "same" conv could not (it reads 2i + 1 on even sizes, 2i on odd
+ones), and `emit_conv` refuses Dirac structure there.
 """
 
 from __future__ import annotations
