@@ -100,7 +100,7 @@ def test_structured_equals_dense(name, kwargs, keep_bn):
 
 def test_structured_skips_the_zeros():
   plain, plain_vars, x = converted("resnet18", False)
-  macs = rmjax.testing.count_macs
+  macs = rmjax.cost.count_macs
   dense = macs(plain.apply, plain_vars, x)
   structured = macs(functools.partial(plain.apply, structured=True), plain_vars, x)
   model = models.create("resnet18", num_classes=10, stem="cifar")
