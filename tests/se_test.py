@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rmjax
-from rmjax import models, plain_io
+from rmjax import models, plain_io, transforms
 from rmjax.models.plain import PlainNet, SqueezeExcite
 from rmjax.testing import count_macs, count_params
 
@@ -127,3 +127,18 @@ def test_plain_json_round_trip_with_squeeze_excite(tmp_path):
   assert loaded == plain
   chex.assert_trees_all_equal(loaded_vars, jax.device_get(plain_vars))
   np.testing.assert_array_equal(loaded.apply(loaded_vars, x), plain.apply(plain_vars, x))
+
+
+def test_prune_leaves_the_convs_that_feed_a_squeeze_excite():
+  model, x = preset("seresnet18")
+  # Dense carried copies: grouped convs are skipped for their groups before this matters.
+  plain, plain_vars = assert_converts_exactly(
+    model, x, keep_bn=True, blocks=8, structured=False, dense_reserve=True
+  )
+  pruned, pruned_vars, report = transforms.prune(plain, plain_vars, threshold=0.0)
+  feeding = [s for s in report["skipped"] if "squeeze-and-excitation" in s["reason"]]
+  gates = [i for i, layer in enumerate(plain.layers) if isinstance(layer, SqueezeExcite)]
+  # The BN'd conv right before each gate.
+  assert sorted(s["layer"] for s in feeding) == [i - 2 for i in gates]
+  assert pruned == plain
+  np.testing.assert_array_equal(pruned.apply(pruned_vars, x), plain.apply(plain_vars, x))
