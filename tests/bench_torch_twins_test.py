@@ -68,6 +68,9 @@ MODELS = {
   "mobilenetv2-keras": lambda: mobilenet.mobilenetv2(
     width=0.35, num_classes=10, stem="cifar", bn_epsilon=1e-3, padding="keras"
   ),
+  "mobilenetv2-se": lambda: mobilenet.mobilenetv2(
+    width=0.35, num_classes=10, stem="cifar", se_ratio=0.25
+  ),
   "mobilenetv1": lambda: mobilenet.MobileNetV1(width=0.25, num_classes=10, stem="cifar"),
   "rmnext26x3-cifar": lambda: models.create(
     "rmnext26x3_32",

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import rmjax
 from rmjax import models, plain_io, transforms
+from rmjax.models import mobilenet
 from rmjax.models.plain import PlainNet, SqueezeExcite
 from rmjax.testing import count_macs, count_params
 
@@ -43,6 +44,30 @@ def test_presets_convert_exactly(name, keep_bn):
   assert len(gates) == blocks
   # Every gate spares the block input reserved behind the branch's channels.
   assert all(g.features > g.channels for g in gates)
+
+
+@pytest.mark.parametrize("keep_bn", [False, True], ids=["deploy", "keep_bn"])
+def test_mobilenetv2_with_se_converts_exactly(keep_bn):
+  # SE on the depthwise output (MobileNetV3's place): inside the branch, before the linear
+  # project conv, so the gate alone (no extra conv) keeps the carried channels exact.
+  # A few blocks of every kind: without expansion, carried shortcut, stride 2.
+  specs = [(0, 8, 1), (24, 8, 1), (24, 16, 2), (48, 16, 1)]
+  model = mobilenet.MobileNetV2(
+    tuple(mobilenet.BlockSpec(*spec) for spec in specs),
+    stem_features=16,
+    last_features=32,
+    num_classes=10,
+    stem="cifar",
+    se_ratio=0.25,
+  )
+  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+  blocks = [b for b in model.layout() if isinstance(b, mobilenet.InvertedResidual)]
+  shortcuts = sum(1 for b in blocks if b.shortcut)
+  plain, _ = assert_converts_exactly(
+    model, x, keep_bn=keep_bn, blocks=shortcuts, structured=not keep_bn
+  )
+  gates = [layer for layer in plain.layers if isinstance(layer, SqueezeExcite)]
+  assert [g.features - g.channels for g in gates] == [b.shortcut for b in blocks]
 
 
 @st.composite

@@ -367,7 +367,7 @@ def _inverted_residual_forward(self, x):
   y = x
   if hasattr(self, "expand"):
     y = self.act(self.expand_bn(self.expand(y)))
-  y = self.act(self.depthwise_bn(self.depthwise(y)))
+  y = _excite(self, self.act(self.depthwise_bn(self.depthwise(y))))
   y = self.project_bn(self.project(y))
   s = self.shortcut
   if s == y.shape[1]:
@@ -391,6 +391,8 @@ def _inverted_residual(block: mobilenet.InvertedResidual):
     project_bn=batch_norm(block.features, eps),
     act=_activation(block.activation),
   )
+  if block.se_features:
+    parts["se"] = _squeeze_excite(dw, block.se_features)
   module = _block(_inverted_residual_forward, **parts)
   module.shortcut = block.shortcut
   return module
