@@ -20,7 +20,8 @@ the "original" is then the rmjax model holding the imported weights.
   python convert.py --from_keras mobilenet_v2.keras /tmp/plain        # or .h5
 
 Serving artefacts of the plain network, next to PLAIN (checked against it before anything is
-written): --export stablehlo -> PLAIN.stablehlo, --export savedmodel -> PLAIN.savedmodel/.
+written): --export stablehlo -> PLAIN.stablehlo, --export savedmodel -> PLAIN.savedmodel/,
+--export onnx -> PLAIN.onnx (needs `pip install 'rmjax[deploy]'`).
 """
 
 import os
@@ -28,7 +29,7 @@ import sys
 
 from absl import app, flags, logging
 
-from rmjax import export
+from rmjax import export, run
 
 _KEEP_BN = flags.DEFINE_bool(
   "keep_bn",
@@ -84,29 +85,31 @@ _EXPORT = flags.DEFINE_list(
   [],
   "Also write serving artefacts of the plain network, next to PLAIN: stablehlo -> "
   "PLAIN.stablehlo (a jax.export file), savedmodel -> PLAIN.savedmodel/ (TensorFlow, via "
-  "jax2tf). Comma-separated; any batch size. Each is reloaded and checked against PLAIN.",
+  "jax2tf), onnx -> PLAIN.onnx (opset 21, run and checked in ONNX Runtime; needs "
+  "`pip install 'rmjax[deploy]'`). Comma-separated; NHWC float32 images, any batch size. Each "
+  "is reloaded and checked against PLAIN.",
 )
 
 
-def _load(source: str) -> export.Run:
+def _load(source: str) -> run.Run:
   if _FROM_TORCH.value is not None and _FROM_KERAS.value:
-    raise export.ExportError("give --from_torch ARCH or --from_keras, not both")
+    raise run.RunError("give --from_torch ARCH or --from_keras, not both")
   if _FROM_TORCH.value is not None or _FROM_KERAS.value:
     print(f"importing {source} ...", flush=True)
-    run = export.load_imported(source, torch_arch=_FROM_TORCH.value, input_size=_INPUT_SIZE.value)
-    for note in run.origin["notes"]:
+    loaded = run.load_imported(source, torch_arch=_FROM_TORCH.value, input_size=_INPUT_SIZE.value)
+    for note in loaded.origin["notes"]:
       print(f"note: {note}")
-    shape = "x".join(map(str, run.input_shape))
-    print(f"converting {run.name} (checked on {shape} inputs) ...", flush=True)
-    return run
+    shape = "x".join(map(str, loaded.input_shape))
+    print(f"converting {loaded.name} (checked on {shape} inputs) ...", flush=True)
+    return loaded
   if _INPUT_SIZE.value is not None:
-    raise export.ExportError("--input_size is for imported weights (--from_torch/--from_keras)")
+    raise run.RunError("--input_size is for imported weights (--from_torch/--from_keras)")
   print(f"loading {source} ...", flush=True)
-  run = export.load_run(source)
-  init_from = run.config.get("init_from")
-  what = f"the plain network fine-tuned from {init_from}" if init_from else run.config.model
-  print(f"converting {what} (step {run.step}) ...", flush=True)
-  return run
+  loaded = run.load_run(source)
+  init_from = loaded.config.get("init_from")
+  what = f"the plain network fine-tuned from {init_from}" if init_from else loaded.config.model
+  print(f"converting {what} (step {loaded.step}) ...", flush=True)
+  return loaded
 
 
 def main(argv):
@@ -124,9 +127,8 @@ def main(argv):
   try:
     # Before the slow part.
     export.check_writable(os.path.abspath(plain_dir), _OVERWRITE.value, exports)
-    run = _load(source)
     report = export.export_plain(
-      run,
+      _load(source),
       plain_dir,
       keep_bn=_KEEP_BN.value,
       tolerance=_TOLERANCE.value,
@@ -137,7 +139,7 @@ def main(argv):
       fuse=_FUSE.value,
       exports=exports,
     )
-  except export.ExportError as e:
+  except (run.RunError, export.ExportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(export.format_report(report))

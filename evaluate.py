@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags, logging
 
-from rmjax import export
+from rmjax import evaluation, run
 
 _DATASET = flags.DEFINE_string("dataset", None, "Evaluate on this dataset's test split.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
@@ -25,13 +25,13 @@ def main(argv):
     return 2
   logging.set_verbosity(logging.WARNING)
   try:
-    rows = export.evaluate_paths(
+    rows = evaluation.evaluate_paths(
       paths, dataset=_DATASET.value, batch_size=_BATCH_SIZE.value, data_dir=_DATA_DIR.value
     )
-  except export.ExportError as e:
+  except run.RunError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(export.format_eval_table(rows))
+  print(evaluation.format_eval_table(rows))
   return 0
 
 

@@ -11,14 +11,13 @@ Markdown table), pruning.json and pruning.png (accuracy vs speed and vs paramete
   python slim.py --config configs/slim_resnet20.py --config.prune.thresholds='(0.1,)'
 """
 
-import json
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rmjax import cli, data, slimming, train
+from rmjax import atomic, cli, data, slimming, train
 from rmjax.bench import measure
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -91,8 +90,8 @@ def main(argv):
   os.makedirs(report_dir, exist_ok=True)
   title = f"{config.model} on {config.dataset}: pruned through RM vs pruned as a ResNet"
   slimming.plot(rows, os.path.join(report_dir, "pruning.png"), title=title)
-  cli.write_atomically(os.path.join(report_dir, "pruning.json"), json.dumps(rows, indent=1) + "\n")
-  cli.write_atomically(
+  atomic.write_json(os.path.join(report_dir, "pruning.json"), rows)
+  atomic.write_text(
     os.path.join(report_dir, "pruning.md"), report_markdown(config, config_name, rows)
   )
   logging.info("wrote pruning.md, pruning.json and pruning.png to %s", report_dir)

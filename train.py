@@ -13,7 +13,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rmjax import cli, compare, data, train
+from rmjax import cli, compare, data, evaluation, train
+from rmjax.mesh import Mesh
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -39,6 +40,9 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.DEFINE_bool(
+  "config_help", False, "List every config key with its default and its comment, then exit."
+)
 
 
 def maybe_initialize_distributed() -> None:
@@ -62,16 +66,16 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/demo.py")
   workdir = _WORKDIR.value or cli.default_workdir(flags.FLAGS["config"].config_filename)
+  cli.quiet_libraries()
   maybe_initialize_distributed()
   try:
     result = train.train_and_evaluate(config, workdir)
   except (ValueError, data.DatasetNotFoundError, train.TrainingDivergedError) as e:
-    logging.error("%s", e)
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:
     sys.exit(f"interrupted; checkpoint saved in {workdir}. Run the same command to resume.")
   logging.info("final metrics: %s", result.metrics)
-  if config.compare_plain and config.get("init_from"):
+  if config.compare_plain and config.init_from:
     # A fine-tuned plain network has no residual connections left to remove.
     logging.info("compare_plain skipped: the model (config.init_from) is already plain")
   elif config.compare_plain:
@@ -81,8 +85,8 @@ def main(argv):
 def report(config, result) -> None:
   """Converts the trained model and prints original vs plain side by side."""
   info = data.dataset_info(config.dataset, config.data_dir)
-  make_batches = train.eval_batches_for(config, info)
-  mesh = train.Mesh.create()
+  make_batches = evaluation.eval_batches_for(config, info)
+  mesh = Mesh.create()
 
   state = result.state
   variables = {"params": state.params, "batch_stats": state.batch_stats}

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from rmjax import transforms
-from rmjax.testing import count_params
-from rmjax.train import Mesh, accumulate, eval_apply_fn, eval_metrics_from, eval_sums
+from rmjax.cost import count_macs, count_params
+from rmjax.evaluation import accumulate, eval_apply_fn, eval_metrics_from, eval_sums
+from rmjax.mesh import Mesh
 
 
 def inference_speed(apply_fn, variables, images, *, repeats: int = 10) -> float:
@@ -94,3 +95,20 @@ def format_table(rows) -> str:
       f"| {r['imgs_per_sec']:.0f} | {diff} |"
     )
   return "\n".join(lines)
+
+
+def conversion_sizes(model, size: int, *, in_channels: int = 3, **convert_kwargs):
+  """`((params, MACs) of model, (params, MACs) of its rm_convert result)` on one
+  `size x size` input. From shapes only: no weights are drawn and nothing is compiled.
+
+    >>> (p0, f0), (p1, f1) = conversion_sizes(models.create("resnet50"), 224)
+  """
+  x = jax.ShapeDtypeStruct((1, size, size, in_channels), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  plain, plain_vars = jax.eval_shape(
+    lambda v: transforms.rm_convert(model, v, **convert_kwargs), variables
+  )
+  return (
+    (count_params(variables["params"]), count_macs(lambda v, x: model.apply(v, x), variables, x)),
+    (count_params(plain_vars["params"]), count_macs(plain.apply, plain_vars, x)),
+  )

@@ -13,12 +13,9 @@ import time
 import jax
 
 from rmjax import models, transforms
-from rmjax.testing import (
-  count_params,
-  count_residual_adds,
-  max_abs_difference,
-  random_variables,
-)
+from rmjax.cost import count_params, count_residual_adds
+from rmjax.randomize import random_variables
+from rmjax.verify import max_abs_difference
 
 
 def main(argv=None) -> None:

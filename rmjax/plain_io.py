@@ -19,14 +19,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from rmjax import atomic
 from rmjax.models import plain as plain_layers
 
 FORMAT = "rmjax.plain/1"
@@ -97,14 +96,7 @@ def save_plain(
     raise FileExistsError(
       f"{path} already exists (pass overwrite=True / --overwrite to replace it)"
     )
-  parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-  # mkdtemp makes the directory private (0700); the result should have the usual permissions.
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o777 & ~umask)
-  try:
+  with atomic.staged_dir(path) as tmp:
     arch = {
       "format": FORMAT,
       "input_shape": list(input_shape),
@@ -117,16 +109,6 @@ def save_plain(
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(tmp, VARIABLES_DIR), jax.device_get(variables))
     checkpointer.wait_until_finished()
-    if os.path.exists(path):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-      os.rename(path, os.path.join(old, "x"))
-      os.rename(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
 
 
 def read_arch(path: str) -> dict[str, Any]:

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from rmjax import compare, export, plain_io, train, transforms
-from rmjax.testing import count_macs, count_params
+from rmjax import atomic, compare, evaluation, export, plain_io, pruning, run, train, transforms
+from rmjax.cost import count_macs, count_params
 
 
 def check_config(config) -> None:
@@ -39,9 +39,9 @@ def check_config(config) -> None:
       "the config has no `prune` section (thresholds, finetune_epochs, ...): see "
       "configs/slim_resnet20.py"
     )
-  if not config.get("sparsity", 0) > 0:
+  if not config.sparsity > 0:
     raise ValueError(
-      f"config.sparsity is {config.get('sparsity', 0)}: network slimming needs an L1 penalty "
+      f"config.sparsity is {config.sparsity}: network slimming needs an L1 penalty "
       "on the BN scales (> 0; the paper uses 1e-4 ... 1e-3)"
     )
   if not str(config.model).startswith("resnet"):
@@ -49,7 +49,7 @@ def check_config(config) -> None:
       f"the pipeline compares RM pruning with slimming a ResNet; config.model is "
       f"{config.model!r}, not a ResNet"
     )
-  if not (config.get("model_kwargs") or {}).get("shortcut_bn"):
+  if not config.model_kwargs.get("shortcut_bn"):
     raise ValueError(
       "config.model_kwargs.shortcut_bn must be True: the BN on each identity shortcut gives "
       "the channels RM reserves an importance score to prune by (Sec. 4.2)"
@@ -107,43 +107,41 @@ def run_pipeline(config, workdir: str) -> list[dict[str, Any]]:
   sparse_dir = os.path.join(workdir, "sparse")
   logging.info("1/3 sparsity training (L1 %g on BN scales) in %s", config.sparsity, sparse_dir)
   sparse_metrics = _trained(config, sparse_dir)
-  run = export.load_run(sparse_dir)
+  sparse = run.load_run(sparse_dir)
   plain_dir = os.path.join(workdir, "plain")
   logging.info("2/3 RM conversion (fine-tuning form) to %s", plain_dir)
-  report = export.export_plain(run, plain_dir, keep_bn=True, overwrite=True)
+  report = export.export_plain(sparse, plain_dir, keep_bn=True, overwrite=True)
   logging.info("conversion check:\n%s", export.format_report(report))
   plain, plain_vars = plain_io.load_plain(plain_dir)
 
   top1 = sparse_metrics["eval_top1"]  # RM is exact: one accuracy for both unpruned networks
   networks = [
-    _network("ResNet", 0.0, run.model, run.variables, top1, top1, sparse_dir),
+    _network("ResNet", 0.0, sparse.model, sparse.variables, top1, top1, sparse_dir),
     _plain_network("RMNet", 0.0, plain, plain_vars, top1, top1, plain_dir),
   ]
   for t in config.prune.thresholds:
     logging.info("3/3 threshold %g: prune the RMNet and the ResNet, fine-tune both", t)
     rm_dir = os.path.join(workdir, f"rmnet_{_threshold_name(t)}")
-    pruned, pruned_vars, _ = transforms.prune(plain, plain_vars, t)
-    source = {"pruned_from": plain_dir, "prune_threshold": float(t)}
     pruned_dir = os.path.join(rm_dir, "pruned")
-    plain_io.save_plain(
-      pruned_dir, pruned, pruned_vars, input_shape=run.input_shape, source=source, overwrite=True
+    logging.info(
+      "pruned at %g:\n%s", t, pruning.prune_plain_dir(plain_dir, pruned_dir, t, overwrite=True)
     )
     tuned_dir = os.path.join(rm_dir, "tuned")
     metrics = _trained(finetune_config(config, init_from=pruned_dir), tuned_dir)
-    tuned = export.load_run(tuned_dir)
+    tuned = run.load_run(tuned_dir)
     networks.append(
       _plain_network("RMNet", t, tuned.model, tuned.variables, *_top1(metrics), tuned_dir)
     )
 
     res_dir = os.path.join(workdir, f"resnet_{_threshold_name(t)}")
-    slim, slim_vars, _ = transforms.prune_resnet(run.model, run.variables, t)
+    slim, slim_vars, _ = transforms.prune_resnet(sparse.model, sparse.variables, t)
     ft = finetune_config(config, inner_widths=[list(w) for w in slim.inner_widths])
     metrics = _trained(ft, res_dir, init_variables=slim_vars)
-    tuned = export.load_run(res_dir)
+    tuned = run.load_run(res_dir)
     networks.append(_network("ResNet", t, tuned.model, tuned.variables, *_top1(metrics), res_dir))
   for n in networks:  # relative: the report may be read from anywhere (docs/pruning.json)
     n["workdir"] = os.path.relpath(n["workdir"], workdir)
-  return measure(networks, run.input_shape, batch_size=config.prune.speed_batch_size)
+  return measure(networks, sparse.input_shape, batch_size=config.prune.speed_batch_size)
 
 
 def _top1(metrics) -> tuple[float, float | None]:
@@ -155,7 +153,7 @@ def _network(kind, threshold, model, variables, top1, top1_pruned, workdir):
   return {
     "network": kind,
     "threshold": float(threshold),
-    "apply": train.eval_apply_fn(model),
+    "apply": evaluation.eval_apply_fn(model),
     "variables": variables,
     "top1": top1,
     "top1_pruned": top1_pruned,
@@ -242,7 +240,6 @@ def plot(rows, path: str, *, title: str = "") -> None:
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=100)
+  with atomic.staged_file(path) as tmp:
+    fig.savefig(tmp, dpi=100)
   plt.close(fig)
-  os.replace(tmp, path)

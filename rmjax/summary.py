@@ -6,12 +6,13 @@ does not branch on the process index everywhere.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
 
 from absl import logging
+
+from rmjax import atomic
 
 
 class MetricWriter:
@@ -52,9 +53,7 @@ class MetricWriter:
     if self._records is None:
       return
     path = os.path.join(self._logdir, filename)
-    with open(path + ".tmp", "w") as f:
-      json.dump(content, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)  # never a half-written summary
+    atomic.write_json(path, content, indent=2, sort_keys=True)  # never a half-written summary
 
   def close(self) -> None:
     if self._records is not None:
@@ -99,3 +98,28 @@ class Progress:
     )
     self._last_step, self._last_time, self._sums, self._count = step, now, {}, 0
     return means
+
+
+def progress(iterable, what: str, total: int | None = None, *, every_seconds: float = 10.0):
+  """Yields the items of `iterable`, logging `what: i/total (p%) | ETA` every `every_seconds`
+  (a CLU-style periodic report; without `total`, the count and the time so far). For passes
+  that can take minutes: evaluation, calibration, BN re-estimation."""
+  start = last = time.perf_counter()
+  for i, item in enumerate(iterable, 1):
+    yield item
+    now = time.perf_counter()
+    if now - last < every_seconds:
+      continue
+    last = now
+    if total:
+      eta = (total - i) * (now - start) / i
+      logging.info(
+        "%s: %d/%d (%.0f%%) | ETA %s",
+        what,
+        i,
+        total,
+        100.0 * i / total,
+        time.strftime("%H:%M:%S", time.gmtime(eta)),
+      )
+    else:
+      logging.info("%s: %d done in %.0f s", what, i, now - start)

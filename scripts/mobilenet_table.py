@@ -6,8 +6,8 @@
 
 import os
 
+from rmjax.compare import conversion_sizes
 from rmjax.models import mobilenet
-from rmjax.testing import conversion_sizes
 
 # Table 2 as published: FLOPs (M) of MobileNetV2 (trained), RMNetV1 (converted), MobileNetV1.
 PAPER = {10: (83.4, 47.1, 47.1), 100: (83.5, 47.2, 47.2)}

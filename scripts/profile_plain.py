@@ -16,8 +16,9 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from rmjax import models, transforms
+from rmjax.cost import count_macs
 from rmjax.models.plain import Conv, PlainNet, ReLU
-from rmjax.testing import count_macs, random_variables
+from rmjax.randomize import random_variables
 
 _MODEL = flags.DEFINE_string("model", "resnet18", "A models.create name (CIFAR stem, 32x32).")
 _BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")

@@ -7,8 +7,8 @@ the paper's Table 3. Counts come from shapes only (no weights, no compilation).
 import os
 
 from rmjax import models
+from rmjax.compare import conversion_sizes
 from rmjax.models.rmnext import PRESETS
-from rmjax.testing import conversion_sizes
 
 # Table 3 as published: (dataset, params M, FLOPs G, top-1 %).
 PAPER = {

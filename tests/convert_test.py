@@ -9,14 +9,9 @@ import pytest
 from conftest import random_model
 
 from rmjax import models, transforms
+from rmjax.cost import count_params, count_residual_adds
 from rmjax.models import plain as plain_layers
-from rmjax.testing import (
-  count_params,
-  count_residual_adds,
-  eval_logits,
-  max_abs_difference,
-  random_variables,
-)
+from rmjax.testing import eval_logits, max_abs_difference, random_variables
 
 ATOL = 1e-4
 

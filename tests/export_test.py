@@ -16,7 +16,7 @@ import pytest
 from train_config import tiny_config
 
 import rmjax
-from rmjax import data, export, plain_io, train
+from rmjax import data, evaluation, export, plain_io, run, train
 from rmjax.testing import eval_logits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,14 +38,17 @@ def copy_run(run_dir, tmp_path):
 
 @pytest.mark.parametrize("keep_bn", [False, True], ids=["deploy", "keep_bn"])
 def test_export_then_load_gives_the_same_logits(run_dir, tmp_path, keep_bn):
-  run = export.load_run(run_dir)
-  assert run.step == 200
-  report = export.export_plain(run, str(tmp_path / "plain"), keep_bn=keep_bn)
+  loaded = run.load_run(run_dir)
+  assert loaded.step == 200
+  report = export.export_plain(loaded, str(tmp_path / "plain"), keep_bn=keep_bn)
   plain, variables = rmjax.load_plain(str(tmp_path / "plain"))
   assert plain == report["plain"]
-  x = jax.random.normal(jax.random.key(3), (4, *run.input_shape))
+  x = jax.random.normal(jax.random.key(3), (4, *loaded.input_shape))
   chex.assert_trees_all_close(
-    eval_logits(plain, variables, x), eval_logits(run.model, run.variables, x), atol=1e-4, rtol=0
+    eval_logits(plain, variables, x),
+    eval_logits(loaded.model, loaded.variables, x),
+    atol=1e-4,
+    rtol=0,
   )
   assert report["checks"]["random"]["top1_agreement"] == 1.0
   arch = plain_io.read_arch(str(tmp_path / "plain"))
@@ -56,19 +59,19 @@ def test_export_then_load_gives_the_same_logits(run_dir, tmp_path, keep_bn):
 
 def test_trained_network_and_plain_make_the_same_predictions(run_dir, tmp_path):
   """End to end on the embedded dataset: every test prediction is unchanged by conversion."""
-  run = export.load_run(os.path.join(run_dir, "checkpoints", "200"))
-  export.export_plain(run, str(tmp_path / "plain"))
+  loaded = run.load_run(os.path.join(run_dir, "checkpoints", "200"))
+  export.export_plain(loaded, str(tmp_path / "plain"))
   plain, plain_vars = rmjax.load_plain(str(tmp_path / "plain"))
-  original = jax.jit(train.eval_apply_fn(run.model))
+  original = jax.jit(evaluation.eval_apply_fn(loaded.model))
   converted = jax.jit(plain.apply)
   same = total = 0
   for batch in data.eval_batches("fashion_mnist_small", batch_size=500):
     real = batch["mask"] > 0
-    a = np.asarray(original(run.variables, batch["image"])).argmax(-1)[real]
+    a = np.asarray(original(loaded.variables, batch["image"])).argmax(-1)[real]
     b = np.asarray(converted(plain_vars, batch["image"])).argmax(-1)[real]
     same, total = same + int((a == b).sum()), total + int(real.sum())
   assert total == 2000 and same == total
-  rows = export.evaluate_paths([run_dir, str(tmp_path / "plain")], batch_size=500)
+  rows = evaluation.evaluate_paths([run_dir, str(tmp_path / "plain")], batch_size=500)
   assert rows[0]["top1"] == rows[1]["top1"] > 0.2  # above chance (0.1): it learned something
   assert rows[0]["top5"] == rows[1]["top5"]
 
@@ -109,15 +112,15 @@ def test_cli_converts_and_evaluates(run_dir, tmp_path):
 
 
 def test_missing_and_empty_checkpoint(tmp_path):
-  with pytest.raises(export.ExportError, match="does not exist"):
-    export.load_run(str(tmp_path / "nope"))
+  with pytest.raises(run.RunError, match="does not exist"):
+    run.load_run(str(tmp_path / "nope"))
   (tmp_path / "empty").mkdir()
-  with pytest.raises(export.ExportError, match="is not a training workdir"):
-    export.load_run(str(tmp_path / "empty"))
+  with pytest.raises(run.RunError, match="is not a training workdir"):
+    run.load_run(str(tmp_path / "empty"))
   (tmp_path / "fresh").mkdir()
   (tmp_path / "fresh" / "config.json").write_text(tiny_config().to_json())
-  with pytest.raises(export.ExportError, match="has no checkpoint yet"):
-    export.load_run(str(tmp_path / "fresh"))
+  with pytest.raises(run.RunError, match="has no checkpoint yet"):
+    run.load_run(str(tmp_path / "fresh"))
 
 
 def test_corrupt_checkpoint(run_dir, tmp_path):
@@ -128,8 +131,8 @@ def test_corrupt_checkpoint(run_dir, tmp_path):
       if "ocdbt" in root or name.startswith("d"):
         with open(os.path.join(root, name), "r+b") as f:
           f.truncate(max(os.path.getsize(os.path.join(root, name)) // 3, 1))
-  with pytest.raises(export.ExportError, match="cannot be read"):
-    export.load_run(workdir)
+  with pytest.raises(run.RunError, match="cannot be read"):
+    run.load_run(workdir)
 
 
 def test_checkpoint_that_does_not_match_its_config(run_dir, tmp_path):
@@ -140,8 +143,8 @@ def test_checkpoint_that_does_not_match_its_config(run_dir, tmp_path):
   config["model_kwargs"]["widths"] = [4, 8, 16]
   with open(path, "w") as f:
     json.dump(config, f)
-  with pytest.raises(export.ExportError, match="does not match the model") as e:
-    export.load_run(workdir)
+  with pytest.raises(run.RunError, match="does not match the model") as e:
+    run.load_run(workdir)
   assert "expected" in str(e.value)  # check_variables names the paths and shapes
 
 
@@ -152,51 +155,51 @@ class NotConvertible(nn.Module):
 
 
 def test_architecture_without_converter(run_dir, tmp_path):
-  run = export.load_run(run_dir)
+  loaded = run.load_run(run_dir)
   model = NotConvertible()
-  variables = model.init(jax.random.key(0), jnp.zeros((1, *run.input_shape)))
-  bad = export.Run(run.workdir, run.step, run.config, model, variables, run.input_shape)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, *loaded.input_shape)))
+  bad = run.Run(loaded.workdir, loaded.step, loaded.config, model, variables, loaded.input_shape)
   with pytest.raises(export.ExportError, match="cannot be converted.*no converter"):
     export.export_plain(bad, str(tmp_path / "plain"))
   assert not os.path.exists(tmp_path / "plain")
 
 
 def test_unwritable_or_existing_plain(run_dir, tmp_path):
-  run = export.load_run(run_dir)
+  loaded = run.load_run(run_dir)
   (tmp_path / "a_file").write_text("")
   with pytest.raises(export.ExportError, match="not a writable directory"):
-    export.export_plain(run, str(tmp_path / "a_file" / "plain"))
+    export.export_plain(loaded, str(tmp_path / "a_file" / "plain"))
   (tmp_path / "exists").mkdir()
   with pytest.raises(export.ExportError, match="already exists; pass --overwrite"):
-    export.export_plain(run, str(tmp_path / "exists"))
-  export.export_plain(run, str(tmp_path / "exists"), overwrite=True)
+    export.export_plain(loaded, str(tmp_path / "exists"))
+  export.export_plain(loaded, str(tmp_path / "exists"), overwrite=True)
   rmjax.load_plain(str(tmp_path / "exists"))
   assert sorted(os.listdir(tmp_path)) == ["a_file", "exists"]  # no temporary leftovers
 
 
 def test_too_strict_tolerance_writes_nothing(run_dir, tmp_path):
-  run = export.load_run(run_dir)
+  loaded = run.load_run(run_dir)
   with pytest.raises(export.ExportError, match="nothing was written"):
-    export.export_plain(run, str(tmp_path / "plain"), tolerance=0.0)
+    export.export_plain(loaded, str(tmp_path / "plain"), tolerance=0.0)
   assert os.listdir(tmp_path) == []
 
 
 def test_failed_write_leaves_nothing_behind(run_dir, tmp_path, monkeypatch):
-  run = export.load_run(run_dir)
+  loaded = run.load_run(run_dir)
 
   def fail(*args, **kwargs):
     raise OSError("disk full")
 
   monkeypatch.setattr(plain_io.ocp.StandardCheckpointer, "save", fail)
   with pytest.raises(export.ExportError, match="disk full"):
-    export.export_plain(run, str(tmp_path / "plain"))
+    export.export_plain(loaded, str(tmp_path / "plain"))
   assert os.listdir(tmp_path) == []
 
 
 def test_damaged_plain_directory_is_named(run_dir, tmp_path):
-  run = export.load_run(run_dir)
+  loaded = run.load_run(run_dir)
   plain_dir = str(tmp_path / "plain")
-  export.export_plain(run, plain_dir)
+  export.export_plain(loaded, plain_dir)
   arch_file = os.path.join(plain_dir, "plain.json")
   arch = json.loads(open(arch_file).read())
   arch["layers"][0]["out_features"] += 1
@@ -230,17 +233,17 @@ def test_cli_errors_are_one_paragraph(tmp_path):
 def test_fine_tuned_run_converts_to_the_deploy_form(run_dir, tmp_path):
   """Fig. 4's pipeline end: convert (keep_bn) -> fine-tune from PLAIN -> convert again, which
   folds the fine-tuned network's BNs."""
-  run = export.load_run(run_dir)
-  export.export_plain(run, str(tmp_path / "plain_bn"), keep_bn=True)
+  loaded = run.load_run(run_dir)
+  export.export_plain(loaded, str(tmp_path / "plain_bn"), keep_bn=True)
   config = tiny_config(num_train_steps=2, init_from=str(tmp_path / "plain_bn"), init_bn_batches=1)
   train.train_and_evaluate(config, str(tmp_path / "finetuned"))
-  tuned = export.load_run(str(tmp_path / "finetuned"))
+  tuned = run.load_run(str(tmp_path / "finetuned"))
   assert isinstance(tuned.model, rmjax.models.PlainNet)
   report = export.export_plain(tuned, str(tmp_path / "deploy"))
   deployed, deployed_vars = rmjax.load_plain(str(tmp_path / "deploy"))
   assert not any(isinstance(layer, rmjax.models.BatchNorm) for layer in deployed.layers)
   assert len(deployed.layers) < len(tuned.model.layers)
-  x = jax.random.normal(jax.random.key(4), (4, *run.input_shape))
+  x = jax.random.normal(jax.random.key(4), (4, *loaded.input_shape))
   chex.assert_trees_all_close(
     eval_logits(deployed, deployed_vars, x),
     eval_logits(tuned.model, tuned.variables, x),

@@ -1,39 +1,20 @@
 """convert.py --from_torch / --from_keras / --export: import, convert, verify, export in one go,
-and every bad input as one `error: ...` paragraph with nothing written.
-
-`convert.main` runs in this process (absl flags parsed as on the command line): a subprocess
-would spend most of its time importing jax. tests/export_test.py runs the real entry point.
-"""
+and every bad input as one `error: ...` paragraph with nothing written (tests/convert_cli.py
+runs convert.py in this process)."""
 
 import json
 import os
-import sys
 
 import chex
 import h5py
 import jax
 import numpy as np
 import pytest
-from absl import flags
+from convert_cli import assert_fails, run_cli
 from torchvision_state_dicts import numpy_resnet18
 
 import rmjax
-from rmjax.deploy import jax_formats
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import convert  # noqa: E402  (the CLI module, at the repository root)
-
-
-def run_cli(capsys, *args):
-  """`(exit code, stdout, stderr)` of `python convert.py ARGS`."""
-  argv = flags.FLAGS(["convert.py", *map(str, args)])
-  try:
-    code = convert.main(argv)
-  finally:
-    flags.FLAGS.unparse_flags()
-  out, err = capsys.readouterr()
-  return code, out, err
+from rmjax import deploy
 
 
 @pytest.fixture
@@ -54,14 +35,15 @@ def test_import_convert_and_export(capsys, tmp_path, weights):
     weights,
     plain_dir,
     "--input_size=32",
-    "--export=stablehlo,savedmodel",
+    "--export=stablehlo,savedmodel,onnx",
   )
   assert code == 0, err
   assert "converting resnet18 (torchvision) (checked on 32x32x3 inputs)" in out
-  assert "stablehlo file" in out and "savedmodel file" in out
-  assert f"wrote {plain_dir}.stablehlo" in out and f"wrote {plain_dir}.savedmodel" in out
+  for fmt in deploy.FORMATS:
+    assert f"{fmt} file" in out and f"wrote {plain_dir}.{fmt} ({fmt})" in out
   assert sorted(os.listdir(tmp_path)) == [
     "plain",
+    "plain.onnx",
     "plain.savedmodel",
     "plain.stablehlo",
     "r18.safetensors",
@@ -72,20 +54,9 @@ def test_import_convert_and_export(capsys, tmp_path, weights):
   assert source["num_classes"] == 10
   x = np.random.default_rng(1).standard_normal((3, 32, 32, 3)).astype(np.float32)
   want = np.asarray(jax.jit(plain.apply)(variables, x))
-  for fmt in jax_formats.FORMATS:
-    got = jax_formats.LOADERS[fmt](jax_formats.artefact_path(str(plain_dir), fmt))(x)
+  for fmt in deploy.FORMATS:
+    got = deploy.LOADERS[fmt](deploy.artefact_path(str(plain_dir), fmt))(x)
     chex.assert_trees_all_close(np.asarray(got), want, atol=1e-4, rtol=0)
-
-
-def assert_fails(capsys, tmp_path, args, *messages):
-  before = sorted(os.listdir(tmp_path))
-  code, _, err = run_cli(capsys, *args)
-  assert code == 1, err
-  assert err.startswith("error: "), err
-  for message in messages:
-    assert message in err, err
-  assert "Traceback" not in err
-  assert sorted(os.listdir(tmp_path)) == before  # nothing written
 
 
 def test_bad_imports_are_one_error_each(capsys, tmp_path, weights):
@@ -170,8 +141,8 @@ def test_bad_exports(capsys, tmp_path, weights):
   assert_fails(
     capsys,
     tmp_path,
-    ["--from_torch=resnet18", weights, plain, "--export=onnx"],
-    "unknown export format(s) 'onnx'; known: stablehlo, savedmodel",
+    ["--from_torch=resnet18", weights, plain, "--export=tflite"],
+    "unknown export format(s) 'tflite'; known: stablehlo, savedmodel, onnx",
   )
   (tmp_path / "plain.stablehlo").write_bytes(b"old")
   assert_fails(

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from rmjax import deploy
 from rmjax.deploy import jax_formats
 from rmjax.models.plain import (
   BatchNorm,
@@ -115,5 +116,6 @@ def test_savedmodel_round_trip_and_tflite(network, tmp_path):
 
 
 def test_artefacts_sit_next_to_plain():
-  assert jax_formats.artefact_path("/a/b/plain/", "stablehlo") == "/a/b/plain.stablehlo"
-  assert jax_formats.artefact_path("/a/b/plain", "savedmodel") == "/a/b/plain.savedmodel"
+  assert deploy.artefact_path("/a/b/plain/", "stablehlo") == "/a/b/plain.stablehlo"
+  assert deploy.artefact_path("/a/b/plain", "savedmodel") == "/a/b/plain.savedmodel"
+  assert deploy.artefact_path("/a/b/plain", "onnx") == "/a/b/plain.onnx"

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 
 from rmjax import transforms
+from rmjax.compare import conversion_sizes
+
+# One XLA program per conversion: eager conversion compiles op by op (4x slower here).
+from rmjax.cost import count_residual_adds
 from rmjax.models import mobilenet
 from rmjax.models import plain as plain_layers
-from rmjax.testing import (
-  conversion_sizes,
-  count_residual_adds,
-  eval_logits,
-  random_variables,
-)
+
+# One XLA program per conversion: eager conversion compiles op by op (4x slower here).
+from rmjax.testing import eval_logits, random_variables
 
 # One XLA program per conversion: eager conversion compiles op by op (4x slower here).
 convert = jax.jit(transforms.rm_convert, static_argnums=0, static_argnames=("keep_bn", "fuse"))

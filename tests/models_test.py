@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rmjax import models
-from rmjax.testing import count_params
+from rmjax.cost import count_params
 
 
 @pytest.mark.parametrize(

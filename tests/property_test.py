@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rmjax import models, transforms
-from rmjax.testing import count_residual_adds, eval_logits, random_variables
+from rmjax.cost import count_residual_adds
+from rmjax.testing import eval_logits, random_variables
 
 
 @st.composite

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from rmjax import models, transforms
+from rmjax.cost import count_params, count_residual_adds
 from rmjax.models import plain as plain_layers
 from rmjax.models.repvgg import RepBlock, ReservingRepBlock
-from rmjax.testing import count_params, count_residual_adds, eval_logits, random_variables
+from rmjax.testing import eval_logits, random_variables
 from rmjax.transforms.convert import assemble, batchnorm_of
 from rmjax.transforms.repvgg import convert_reserving_rep_block
 

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import pytest
 
 from rmjax import models, transforms
+from rmjax.compare import conversion_sizes
 from rmjax.models import plain as plain_layers
 from rmjax.models.conv import conv_impl
 from rmjax.models.rmnext import PRESETS
-from rmjax.testing import conversion_sizes, eval_logits, random_variables
+from rmjax.testing import eval_logits, random_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,7 @@ import ml_collections
 import pytest
 from train_config import tiny_config
 
-from rmjax import slimming, train
+from rmjax import run, slimming, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,7 +108,7 @@ def test_finetune_config_drops_the_penalty_and_keeps_the_rest():
   ft = slimming.finetune_config(pipeline_config(), inner_widths=[[2], [3], [4]])
   assert ft.sparsity == 0 and ft.num_epochs == 1.0 and ft.learning_rate == 0.01
   assert "prune" not in ft and ft.model_kwargs.shortcut_bn
-  model = train.create_model(ft, num_classes=10)
+  model = run.create_model(ft, num_classes=10)
   assert model.inner_widths == ((2,), (3,), (4,))  # JSON-style lists become hashable tuples
 
 

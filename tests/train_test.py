@@ -1,6 +1,7 @@
 """The training loop: sharding, multi-process, resume, divergence, bad names, the CLI."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from flax import traverse_util
 from train_config import tiny_config
 
 from rmjax import compare, data, train
+from rmjax.mesh import Mesh
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -167,7 +169,7 @@ def test_trained_model_converts_to_an_equal_plain_network(tmp_path):
   def make_batches():
     return data.eval_batches(config.dataset, batch_size=256)
 
-  rows = compare.compare_with_plain(result.model, variables, make_batches, train.Mesh.create())
+  rows = compare.compare_with_plain(result.model, variables, make_batches, Mesh.create())
   original, plain = rows
   assert original["top1"] == plain["top1"] == result.metrics["eval_top1"]
   assert plain["max_abs_logit_diff"] < 1e-4
@@ -194,3 +196,69 @@ def test_sparsity_adds_l1_on_batchnorm_scales_only():
   np.testing.assert_array_equal(updates["layers_0"]["kernel"], 0.0)
   with pytest.raises(ValueError, match="config.sparsity must be >= 0"):
     train.create_optimizer(tiny_config(sparsity=-1.0), optax.constant_schedule(1.0))
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["--config", "configs/nope.py"], "error: the config file configs/nope.py does not exist"),
+    (
+      ["--config", "configs/demo.py", "--config.num_epoch=1"],
+      "error: the config has no key 'num_epoch' to override (Did you mean \"num_epochs\"",
+    ),
+    (
+      ["--config", "configs/demo.py", "--config.batch_size=3"],
+      "error: config.batch_size 3 must be divisible by the 2 devices",
+    ),
+  ],
+)
+def test_each_bad_train_input_is_one_line(tmp_path, args, message):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  result = subprocess.run(
+    [sys.executable, "train.py", *args, f"--workdir={tmp_path / 'run'}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+  )
+  assert result.returncode != 0
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith(message), lines[0]
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_config_help_lists_keys_with_defaults_and_comments():
+  result = subprocess.run(
+    [sys.executable, "train.py", "--config_help"], cwd=ROOT, capture_output=True, text=True
+  )
+  assert result.returncode == 0, result.stderr
+  out = result.stdout
+  sys.path.insert(0, ROOT)
+  from configs import default
+
+  for key, value in default.get_config().items():
+    assert f"  {key} = " in out
+    if not hasattr(value, "to_dict"):
+      assert f"  {key} = {value!r}" in out
+  assert "> 0 overrides num_epochs" in out  # the comment beside num_train_steps
+  assert "Network slimming (Sec. 4.2, 5.1)" in out  # the comment above sparsity
+
+
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    ({"batch_size": 0}, "config.batch_size must be a positive integer, got 0"),
+    ({"learning_rate": -1.0}, "config.learning_rate must be > 0, got -1.0"),
+    ({"learning_rate": 0.0}, "config.learning_rate must be > 0, got 0.0"),
+    ({"momentum": 1.0}, "config.momentum must be in [0, 1), got 1.0"),
+    ({"num_epochs": 0.0}, "config.num_epochs must be > 0 (or set num_train_steps > 0)"),
+    ({"checkpoint_every_steps": 0}, "config.checkpoint_every_steps must be a positive integer"),
+  ],
+)
+def test_bad_config_values_are_refused_before_anything_runs(tmp_path, overrides, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    train.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+  assert not os.listdir(tmp_path)
+  train.check_config(tiny_config(num_epochs=0.0, num_train_steps=5))  # steps win over epochs

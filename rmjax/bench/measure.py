@@ -5,7 +5,7 @@ Here every network (`rmjax.bench.suites`) is jit-compiled once per batch size; t
 executable runs `warmup` batches, then `repeats` times `batches` timed batches, blocking on
 the results (`block_until_ready`). Each row also has parameters, MACs (the "FLOPs" of papers
 and of docs/*.md), XLA's FLOPs from the cost analysis of the lowered and compiled program and
-the analytical count of the same (`testing.count_flops`; they must agree:
+the analytical count of the same (`cost.count_flops`; they must agree:
 `FLOPS_TOLERANCE`), peak memory (XLA's memory analysis: arguments + outputs + temporaries),
 compile time, the speed-up over its group's baseline and the max |logit difference| from the
 network it was converted from, on the timed batch. With `torch=True`, each network with a
@@ -39,8 +39,11 @@ import numpy as np
 from rmjax import transforms
 from rmjax.bench import torch_timing, torch_twins
 from rmjax.bench.suites import Network, Settings, tiny_resnet
+from rmjax.cost import count_flops, count_macs, count_params
 from rmjax.models.plain import PlainNet
-from rmjax.testing import count_flops, count_macs, count_params, random_variables
+
+# XLA's FLOPs vs `count_flops`: the program jax hands XLA (lowered) matches the count to
+from rmjax.randomize import random_variables
 
 # XLA's FLOPs vs `count_flops`: the program jax hands XLA (lowered) matches the count to
 # 0.005% on every default network, and must to 0.1%. The compiled program, which runs, is

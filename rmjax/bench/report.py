@@ -7,10 +7,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import re
-
+from rmjax import atomic
 from rmjax.bench.measure import FLOPS_TOLERANCE
 
 
@@ -166,7 +163,7 @@ def markdown(report) -> str:
   parts.append(
     "MACs count every kernel tap (the papers' FLOPs). XLA's cost analysis counts 2 FLOPs per "
     "multiply-add, skips taps on zero padding and adds one per element of bias, ReLU, BN and "
-    "pooling; the analytical count of that (`rmjax.testing.count_flops`) matches the program "
+    "pooling; the analytical count of that (`rmjax.cost.count_flops`) matches the program "
     f"given to XLA within {FLOPS_TOLERANCE:.1%} (⚠ where not; n/a where XLA gives no count, as on "
     "GPUs, whose cost analysis leaves out cuDNN's convolutions). The compiled program's FLOPs "
     "are shown, with their ratio to that count: fusion recomputes cheap elementwise ops in each "
@@ -183,10 +180,7 @@ def markdown(report) -> str:
 
 
 def write_json(path: str, report) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(report, f, indent=1)
-    f.write("\n")
-  os.replace(path + ".tmp", path)
+  atomic.write_json(path, report)
 
 
 def plot(report, path: str) -> None:
@@ -236,14 +230,4 @@ def plot(report, path: str) -> None:
 def update_docs(path: str, section: str, text: str) -> None:
   """Replaces the part of `path` between `<!-- bench:SECTION -->` and `<!-- /bench:SECTION -->`
   with `text` (appending the marked part if there is none); the rest is kept as written."""
-  start, end = f"<!-- bench:{section} -->", f"<!-- /bench:{section} -->"
-  block = f"{start}\n{text.rstrip()}\n{end}"
-  doc = open(path).read() if os.path.exists(path) else ""
-  pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-  if pattern.search(doc):
-    doc = pattern.sub(lambda _: block, doc)
-  else:
-    doc = doc.rstrip() + ("\n\n" if doc else "") + block + "\n"
-  with open(path + ".tmp", "w") as f:
-    f.write(doc)
-  os.replace(path + ".tmp", path)
+  atomic.write_section(path, f"bench:{section}", text)

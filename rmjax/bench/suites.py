@@ -25,7 +25,7 @@ from rmjax import models, transforms
 from rmjax.models.plain import PlainNet
 from rmjax.models.resnet import ResNet
 from rmjax.models.structured import check_structure
-from rmjax.testing import random_variables
+from rmjax.randomize import random_variables
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -18,18 +18,15 @@ TensorFlow is imported only by the SavedModel functions.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rmjax import atomic
 from rmjax.models.plain import PlainNet
 
-FORMATS = ("stablehlo", "savedmodel")
 PLATFORMS = ("cpu", "cuda", "tpu")
 SIGNATURE = "serving_default"  # the SavedModel's signature: images -> {"logits": ...}
 
@@ -56,15 +53,7 @@ def export_stablehlo(
   (batch,) = jax.export.symbolic_shape("batch")
   spec = jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32)
   exported = jax.export.export(jax.jit(_forward(plain, variables)), platforms=platforms)(spec)
-  data = exported.serialize()
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  atomic.write_bytes(path, exported.serialize())
 
 
 def load_stablehlo(path: str) -> Callable:
@@ -112,17 +101,8 @@ def export_savedmodel(
     return {"logits": forward(params, images)}
 
   module.serve = serve
-  parent = os.path.dirname(os.path.abspath(path))
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-  # mkdtemp makes the directory private (0700); the result should have the usual permissions.
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o777 & ~umask)
-  try:
+  with atomic.staged_dir(path) as tmp:
     tf.saved_model.save(module, tmp, signatures={SIGNATURE: serve})
-    replace(tmp, path)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_savedmodel(path: str) -> Callable:
@@ -131,27 +111,3 @@ def load_savedmodel(path: str) -> Callable:
 
   serve = tf.saved_model.load(path).signatures[SIGNATURE]
   return lambda images: serve(images=tf.constant(np.asarray(images, np.float32)))["logits"].numpy()
-
-
-EXPORTERS = {"stablehlo": export_stablehlo, "savedmodel": export_savedmodel}
-LOADERS = {"stablehlo": load_stablehlo, "savedmodel": load_savedmodel}
-
-
-def artefact_path(plain_dir: str, fmt: str) -> str:
-  """Where `convert.py --export FMT` puts an artefact: next to PLAIN, `PLAIN.stablehlo` (a
-  file) or `PLAIN.savedmodel` (a directory)."""
-  return f"{os.path.abspath(plain_dir).rstrip(os.sep)}.{fmt}"
-
-
-def replace(src: str, dst: str) -> None:
-  """Moves the file or directory `src` to `dst` (same file system), replacing what is there:
-  an old directory is moved aside first and deleted once the new one is in place."""
-  if not os.path.isdir(dst):
-    os.replace(src, dst)
-    return
-  old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=os.path.dirname(dst))
-  try:
-    os.rename(dst, os.path.join(old, "x"))
-    os.rename(src, dst)
-  finally:
-    shutil.rmtree(old, ignore_errors=True)

@@ -26,6 +26,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from rmjax.cost import count_params
 from rmjax.models.plain import (
   BatchNorm,
   Conv,
@@ -37,7 +38,6 @@ from rmjax.models.plain import (
   ReLU,
   SqueezeExcite,
 )
-from rmjax.testing import count_params
 from rmjax.transforms.channels import (
   abs_scales,
   constant_input_shift,

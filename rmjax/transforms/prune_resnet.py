@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rmjax.cost import count_params
 from rmjax.models.resnet import BasicBlock, Bottleneck, ResNet
-from rmjax.testing import count_params
 from rmjax.transforms.channels import (
   abs_scales,
   constant_input_shift,

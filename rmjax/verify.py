@@ -1,0 +1,59 @@
+"""Is a converted, imported or exported network the same function as its source?
+
+Equivalence is rmjax's product: every network it writes is first run beside its source on a
+check batch and compared by one rule, `max |logit difference| <= tolerance x max(1, max |logit|)`
+— relative to the logit scale above 1, absolute below — in float32 at full precision (no TF32
+or bfloat16 passes on GPUs and TPUs).
+
+  >>> c = difference(eval_logits(model, variables, x), eval_logits(plain, plain_vars, x))
+  >>> within(c, tolerance=1e-4)
+  True
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TOLERANCE = 1e-4  # the default bound, relative to max(1, max |logit|)
+
+
+def eval_logits(model, variables, x):
+  """`model.apply(variables, x, train=False)`, jitted, with float32 'highest' matmuls.
+
+  One XLA program per model; op-by-op (eager) execution compiles every op separately, which
+  is several times slower for small networks.
+  """
+  with jax.default_matmul_precision("highest"):
+    return jax.jit(functools.partial(model.apply, train=False))(variables, x)
+
+
+def max_abs_difference(model, variables, plain, plain_variables, x) -> float:
+  """Max |logits(model) - logits(plain)| on `x`, both in eval mode."""
+  diff = eval_logits(model, variables, x) - eval_logits(plain, plain_variables, x)
+  return float(jnp.max(jnp.abs(diff)))
+
+
+def difference(want, got) -> dict[str, float]:
+  """How far logits `got` are from `want`: max |difference|, the logit scale (max |want|),
+  top-1 agreement and the number of examples."""
+  want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
+  return {
+    "max_abs_diff": float(np.max(np.abs(want - got))),
+    "logit_scale": float(np.max(np.abs(want))),
+    "top1_agreement": float(np.mean(want.argmax(-1) == got.argmax(-1))),
+    "examples": int(want.shape[0]),
+  }
+
+
+def bound(c: dict[str, float], tolerance: float = TOLERANCE) -> float:
+  """The largest max |difference| the rule allows for the logits of `c` (see `difference`)."""
+  return tolerance * max(1.0, c["logit_scale"])
+
+
+def within(c: dict[str, float], tolerance: float = TOLERANCE) -> bool:
+  """Whether `c` (see `difference`) passes the rule; NaN never does."""
+  return bool(c["max_abs_diff"] <= bound(c, tolerance))
