@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 
 from rmjax import transforms
+from rmjax.cost import count_residual_adds
 from rmjax.models.conv import conv_impl
 from rmjax.models.structured import check_structure
-from rmjax.testing import count_residual_adds, random_variables
+from rmjax.testing import random_variables
 
 _convert = jax.jit(
   transforms.rm_convert, static_argnums=0, static_argnames=("keep_bn", "dense_reserve")

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 import rmjax
 from rmjax import models, plain_io, transforms
+from rmjax.cost import count_macs, count_params
 from rmjax.models import mobilenet
 from rmjax.models.plain import PlainNet, SqueezeExcite
-from rmjax.testing import count_macs, count_params
 
 # Small widths (the presets' depths); SE reduction 4 so that the SE layers are 2+ units wide.
 PRESETS = {
