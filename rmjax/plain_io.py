@@ -39,6 +39,7 @@ _LAYER_TYPES = {
     plain_layers.BatchNorm,
     plain_layers.ReLU,
     plain_layers.PReLU,
+    plain_layers.SqueezeExcite,
     plain_layers.MaxPool,
     plain_layers.GlobalAvgPool,
     plain_layers.Dense,

@@ -21,7 +21,8 @@ from rmjax.testing import eval_logits, random_variables  # noqa: E402
 
 
 def _plain_layers():
-  # Every layer kind, asymmetric ("SAME") padding, a depthwise conv, a clipped PReLU.
+  # Every layer kind, asymmetric ("SAME") padding, a depthwise conv, a clipped PReLU, SE on
+  # the leading channels.
   return plain.PlainNet(
     (
       plain.Conv(3, 8, 3, stride=2, padding=(0, 1)),
@@ -31,6 +32,7 @@ def _plain_layers():
       plain.ReLU(max_value=6.0),
       plain.MaxPool(),
       plain.Conv(8, 16, 1),
+      plain.SqueezeExcite(16, reduced=3, channels=10),
       plain.ReLU(),
       plain.GlobalAvgPool(),
       plain.Dense(16, 10),
@@ -48,11 +50,26 @@ MODELS = {
   "resnet50-shortcut-bn": lambda: models.create(
     "resnet50", num_classes=10, stem="cifar", widths=(4, 8, 8, 8), stem_width=8, shortcut_bn=True
   ),
+  "seresnet18-cifar": lambda: models.create(
+    "seresnet18", num_classes=10, stem="cifar", widths=(8, 8, 16, 16), stem_width=8, se_reduction=4
+  ),
+  "seresnet50-imagenet-stem": lambda: models.create(
+    "seresnet50", num_classes=10, stem="imagenet", widths=(4, 8, 8, 8), stem_width=8
+  ),
+  "preactresnet18-cifar": lambda: models.create(
+    "preactresnet18", num_classes=10, stem="cifar", widths=(8, 8, 16, 16), stem_width=8
+  ),
+  "preactresnet50-imagenet-stem": lambda: models.create(
+    "preactresnet50", num_classes=10, stem="imagenet", widths=(4, 8, 8, 8), stem_width=8
+  ),
   "mobilenetv2-to-v1": lambda: models.create(
     "mobilenetv2_to_v1", num_classes=10, stem="cifar", width=0.25
   ),
   "mobilenetv2-keras": lambda: mobilenet.mobilenetv2(
     width=0.35, num_classes=10, stem="cifar", bn_epsilon=1e-3, padding="keras"
+  ),
+  "mobilenetv2-se": lambda: mobilenet.mobilenetv2(
+    width=0.35, num_classes=10, stem="cifar", se_ratio=0.25
   ),
   "mobilenetv1": lambda: mobilenet.MobileNetV1(width=0.25, num_classes=10, stem="cifar"),
   "rmnext26x3-cifar": lambda: models.create(
@@ -85,7 +102,12 @@ MODELS = {
   ),
   "plain-layers": _plain_layers,
 }
-SIZES = {"resnet34-imagenet-stem": 32, "rmnext-imagenet-stem": 32}
+SIZES = {
+  "resnet34-imagenet-stem": 32,
+  "rmnext-imagenet-stem": 32,
+  "seresnet50-imagenet-stem": 32,
+  "preactresnet50-imagenet-stem": 32,
+}
 
 
 def _images(size: int, batch: int = 2):

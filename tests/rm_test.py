@@ -161,3 +161,17 @@ def test_reserve_some_channels_copies_the_leading_ones(keep_bn):
   chex.assert_trees_all_close(y[..., 4:], x[..., :2], atol=1e-5, rtol=1e-5)
   with pytest.raises(ValueError, match="cannot reserve 6 of a conv's 5 input channels"):
     reserve(base, channels=6)
+
+
+@pytest.mark.parametrize("keep_bn", [False, True])
+def test_reserve_grouped_carries_through_a_conv_that_changes_width(keep_bn):
+  # A 1x1 conv 4 -> 6 carrying 4 channels: Dirac groups of 4 would not fit its 6 outputs, so
+  # the copies ride in the dense (block-diagonal) form.
+  ks = jax.random.split(jax.random.key(4), 3)
+  x = jax.random.normal(ks[0], (2, 5, 5, 8))  # 4 inputs of the conv, then 4 carried channels
+  base = layer(jax.random.normal(ks[1], (1, 1, 4, 6)), random_bn(ks[2], 6), keep_bn)
+  carried, groups = reserve_grouped(base, 1, 4, epsilon=EPS)
+  assert groups == 1 and carried["kernel"].shape == (1, 1, 8, 10)
+  y = apply_layer(x, carried, padding=0)
+  chex.assert_trees_all_close(y[..., :6], apply_layer(x[..., :4], base, padding=0), atol=1e-5)
+  chex.assert_trees_all_close(y[..., 6:], x[..., 4:], atol=1e-5)

@@ -1,11 +1,11 @@
 """PyTorch twins of rmjax networks: the same function and the same weights, in `torch.nn`.
 
 A twin is a minimal PyTorch re-build of an rmjax model from its architecture — `PlainNet`'s
-layer specs, or the blocks of a `BlockNetwork`'s `layout()` (ResNet, RMNeXt, MobileNetV1/V2,
-RepVGG) — with the variables copied in: kernels HWIO -> OIHW, Dense kernels transposed, BN
-scale/bias/mean/var -> weight/bias/running_mean/running_var. It takes NCHW inputs and computes
-the rmjax model's eval-mode logits; the benchmark times it beside rmjax
-(`rmjax.bench.torch_timing`).
+layer specs, or the blocks of a `BlockNetwork`'s `layout()` (ResNet, SE-ResNet, pre-activation
+ResNet, RMNeXt, MobileNetV1/V2, RepVGG) — with the variables copied in: kernels HWIO -> OIHW,
+Dense kernels transposed, BN scale/bias/mean/var -> weight/bias/running_mean/running_var. It
+takes NCHW inputs and computes the rmjax model's eval-mode logits; the benchmark times it beside
+rmjax (`rmjax.bench.torch_timing`).
 
 Each torch submodule is named as the Flax module whose variables it holds (`layer1_0.conv1`,
 `layers_3`, `head.fc`), so copying the variables is one walk over their paths; every torch
@@ -32,7 +32,7 @@ from collections.abc import Callable
 import numpy as np
 from flax import traverse_util
 
-from rmjax.models import layers, mobilenet, plain, repvgg, resnet, rmnext
+from rmjax.models import layers, mobilenet, plain, preact, repvgg, resnet, rmnext, se
 from rmjax.models.layers import BlockNetwork
 
 
@@ -132,6 +132,22 @@ def _clipped_prelu(self, x):
   return _torch().cat([y[:, :c].clamp(max=self.max_value), y[:, c:]], 1)
 
 
+def _squeeze_excite_forward(self, x):
+  # Gates the first `channels` channels (rmjax.models.squeeze_excite); the rest pass as they are.
+  torch, c = _torch(), self.channels
+  gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(x[:, :c].mean((2, 3))))))
+  return torch.cat([x[:, :c] * gate[:, :, None, None], x[:, c:]], 1)
+
+
+def _squeeze_excite(channels: int, reduced: int):
+  nn = _torch().nn
+  module = _block(
+    _squeeze_excite_forward, fc1=nn.Linear(channels, reduced), fc2=nn.Linear(reduced, channels)
+  )
+  module.channels = channels
+  return module
+
+
 def _plain_layer(layer):
   nn = _torch().nn
   if isinstance(layer, plain.Conv):
@@ -155,6 +171,8 @@ def _plain_layer(layer):
     module = _block(_clipped_prelu, prelu=prelu)
     module.clipped, module.max_value = layer.clipped, layer.max_value
     return module
+  if isinstance(layer, plain.SqueezeExcite):
+    return _squeeze_excite(layer.channels, layer.reduced)
   if isinstance(layer, plain.MaxPool):
     return nn.MaxPool2d(layer.window, layer.stride, layer.padding)
   if isinstance(layer, plain.GlobalAvgPool):
@@ -201,11 +219,15 @@ def _shortcut_modules(block: resnet.ResidualBlock) -> dict:
   return dict(shortcut_bn=batch_norm(block.in_features)) if block.shortcut_bn else {}
 
 
+def _excite(self, y):
+  return self.se(y) if hasattr(self, "se") else y  # SE blocks gate the branch before the sum
+
+
 def _basic_forward(self, x):
   relu = _torch().relu
   y = relu(self.bn1(self.conv1(x)))
   y = self.bn2(self.conv2(y))
-  return relu(y + _shortcut(self, x))
+  return relu(_excite(self, y) + _shortcut(self, x))
 
 
 def _bottleneck_forward(self, x):
@@ -213,7 +235,7 @@ def _bottleneck_forward(self, x):
   y = relu(self.bn1(self.conv1(x)))
   y = relu(self.bn2(self.conv2(y)))
   y = self.bn3(self.conv3(y))
-  return relu(y + _shortcut(self, x))
+  return relu(_excite(self, y) + _shortcut(self, x))
 
 
 def _basic_block(block: resnet.BasicBlock):
@@ -240,6 +262,49 @@ def _bottleneck(block: resnet.Bottleneck):
     bn3=batch_norm(block.out_features),
     **_shortcut_modules(block),
   )
+
+
+def _with_se(build):
+  def build_se(block):
+    module = build(block)
+    module.add_module("se", _squeeze_excite(block.out_features, block.se_features))
+    return module
+
+  return build_se
+
+
+def _preact_stem(stem: preact.PreActStem):
+  if stem.kind == "cifar":
+    return _sequential(conv=conv2d(3, stem.features, 3, 1, 1))
+  return _sequential(conv=conv2d(3, stem.features, 7, 2, 3), pool=_torch().nn.MaxPool2d(3, 2, 1))
+
+
+def _preact_forward(self, x):
+  relu = _torch().relu
+  a = y = relu(self.bn1(x))
+  for i in range(1, self.convs + 1):
+    if i > 1:
+      y = relu(getattr(self, f"bn{i}")(y))
+    y = getattr(self, f"conv{i}")(y)
+  return y + (self.proj_conv(a) if hasattr(self, "proj_conv") else x)
+
+
+def _preact_block(block: preact.PreActBlock):
+  parts, width = {"bn1": batch_norm(block.in_features)}, block.in_features
+  for i, (features, size, stride) in enumerate(block.convs(), start=1):
+    if i > 1:
+      parts[f"bn{i}"] = batch_norm(width)
+    parts[f"conv{i}"] = conv2d(width, features, size, stride, size // 2)
+    width = features
+  if block.has_projection:
+    parts["proj_conv"] = conv2d(block.in_features, block.out_features, 1, block.strides)
+  module = _block(_preact_forward, **parts)
+  module.convs = len(block.convs())
+  return module
+
+
+def _preact_norm(norm: preact.PreActNorm):
+  return _sequential(bn=batch_norm(norm.features), relu=_torch().nn.ReLU())
 
 
 def _rmnext_block(block: rmnext.RMNeXtBlock):
@@ -314,7 +379,7 @@ def _inverted_residual_forward(self, x):
   y = x
   if hasattr(self, "expand"):
     y = self.act(self.expand_bn(self.expand(y)))
-  y = self.act(self.depthwise_bn(self.depthwise(y)))
+  y = _excite(self, self.act(self.depthwise_bn(self.depthwise(y))))
   y = self.project_bn(self.project(y))
   s = self.shortcut
   if s == y.shape[1]:
@@ -338,6 +403,8 @@ def _inverted_residual(block: mobilenet.InvertedResidual):
     project_bn=batch_norm(block.features, eps),
     act=_activation(block.activation),
   )
+  if block.se_features:
+    parts["se"] = _squeeze_excite(dw, block.se_features)
   module = _block(_inverted_residual_forward, **parts)
   module.shortcut = block.shortcut
   return module
@@ -391,6 +458,12 @@ BLOCKS: dict[type, Callable] = {
   layers.Stem: _resnet_stem,
   resnet.BasicBlock: _basic_block,
   resnet.Bottleneck: _bottleneck,
+  se.SEBasicBlock: _with_se(_basic_block),
+  se.SEBottleneck: _with_se(_bottleneck),
+  preact.PreActStem: _preact_stem,
+  preact.PreActBasicBlock: _preact_block,
+  preact.PreActBottleneck: _preact_block,
+  preact.PreActNorm: _preact_norm,
   rmnext.RepVGGStem: _repvgg_stem,
   rmnext.RMNeXtBlock: _rmnext_block,
   mobilenet.ConvBN: _conv_bn,

@@ -33,6 +33,17 @@ from rmjax.models.plain import (
   PlainNet,
   PReLU,
   ReLU,
+  SqueezeExcite,
+)
+from rmjax.models.preact import (
+  PreActBasicBlock,
+  PreActBottleneck,
+  PreActNorm,
+  PreActResNet,
+  PreActStem,
+  preactresnet18,
+  preactresnet34,
+  preactresnet50,
 )
 from rmjax.models.repvgg import PRESETS as _REPVGG_PRESETS
 from rmjax.models.repvgg import RepBlock, RepVGG, ReservingRepBlock
@@ -54,6 +65,7 @@ from rmjax.models.resnet import (
 )
 from rmjax.models.rmnext import PRESETS as _RMNEXT_PRESETS
 from rmjax.models.rmnext import RepVGGStem, RMNeXt, RMNeXtBlock
+from rmjax.models.se import SEBasicBlock, SEBottleneck, SEResNet, seresnet18, seresnet34, seresnet50
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
   "resnet18": resnet18,
@@ -77,6 +89,14 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
   "mobilenetv1": MobileNetV1,
   "mobilenetv2": mobilenetv2,
   "mobilenetv2_to_v1": mobilenetv2_to_v1,
+  # SE-ResNets (Hu et al. 2018): squeeze-and-excitation on each block's branch, before the sum.
+  "seresnet18": seresnet18,
+  "seresnet34": seresnet34,
+  "seresnet50": seresnet50,
+  # Pre-activation ResNets (He et al. 2016, "Identity Mappings"): BN-ReLU before every conv.
+  "preactresnet18": preactresnet18,
+  "preactresnet34": preactresnet34,
+  "preactresnet50": preactresnet50,
 }
 
 
@@ -118,6 +138,11 @@ __all__ = [
   "MobileNetV1",
   "MobileNetV2",
   "PReLU",
+  "PreActBasicBlock",
+  "PreActBottleneck",
+  "PreActNorm",
+  "PreActResNet",
+  "PreActStem",
   "BatchNorm",
   "Bottleneck",
   "Conv",
@@ -136,12 +161,19 @@ __all__ = [
   "ReservingRepBlock",
   "ResNet",
   "ResidualBlock",
+  "SEBasicBlock",
+  "SEBottleneck",
+  "SEResNet",
+  "SqueezeExcite",
   "StagedNetwork",
   "Stem",
   "create",
   "mobilenetv2",
   "mobilenetv2_to_v1",
   "names",
+  "preactresnet18",
+  "preactresnet34",
+  "preactresnet50",
   "register",
   "resnet18",
   "resnet20",
@@ -153,4 +185,7 @@ __all__ = [
   "resnet101",
   "resnet110",
   "resnet152",
+  "seresnet18",
+  "seresnet34",
+  "seresnet50",
 ]

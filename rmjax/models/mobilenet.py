@@ -5,7 +5,8 @@ Blocks (names are the variable paths the converters read):
   ConvBN              conv k x k + BN + activation: the stem, and MobileNetV2's last 1x1 conv;
   DepthwiseSeparable  MobileNetV1's depthwise 3x3 + BN + act, pointwise 1x1 + BN + act;
   InvertedResidual    MobileNetV2's [expand 1x1 + BN + act] -> depthwise 3x3 + BN + act ->
-                      project 1x1 + BN (linear bottleneck) + identity shortcut.
+                      [squeeze-and-excitation] -> project 1x1 + BN (linear bottleneck) +
+                      identity shortcut.
 
 Why the re-design converts to MobileNetV1 (Fig. 6): after RM, a block's projecting 1x1 conv is
 followed by the next block's expanding 1x1 conv with nothing between them, and the two fuse
@@ -43,6 +44,7 @@ from rmjax.models.layers import (
   conv_init,
 )
 from rmjax.models.plain import SAME
+from rmjax.models.squeeze_excite import SqueezeExcitation
 
 ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6}
 PADDINGS = ("torch", "keras", "keras_unsized")
@@ -199,6 +201,9 @@ class InvertedResidual(MobileBlock):
 
   hidden_features: int = 0
   shortcut_features: int | None = None
+  # Squeeze-and-excitation on the depthwise conv's activated output, `se_features` units wide
+  # (0: none) — where MnasNet and MobileNetV3 put it (Tan et al. 2019, Howard et al. 2019).
+  se_features: int = 0
 
   @property
   def shortcut(self) -> int:
@@ -230,6 +235,8 @@ class InvertedResidual(MobileBlock):
       y = act(self.bn(train, "expand_bn")(conv(self.hidden_features, 1, name="expand")(y)))
     y = depthwise(self.depthwise_features, self.strides, "depthwise", self.padding)(y)
     y = act(self.bn(train, "depthwise_bn")(y))
+    if self.se_features:
+      y = SqueezeExcitation(self.se_features, name="se")(y)
     y = self.bn(train, "project_bn")(conv(self.features, 1, name="project")(y))
     s = self.shortcut
     if s == self.features:
@@ -266,6 +273,9 @@ class MobileNetV2(BlockNetwork):
   activation: str = "relu6"
   bn_epsilon: float = BN_EPSILON
   padding: str = "torch"
+  # > 0: squeeze-and-excitation in every block, make_divisible(depthwise width * se_ratio)
+  # units wide (MobileNetV3's rule with its 0.25; see InvertedResidual.se_features).
+  se_ratio: float = 0.0
 
   def layout(self) -> tuple[nn.Module, ...]:
     act, eps, pad = self.activation, self.bn_epsilon, self.padding
@@ -286,6 +296,7 @@ class MobileNetV2(BlockNetwork):
           pad,
           hidden_features=b.hidden,
           shortcut_features=b.shortcut,
+          se_features=make_divisible((b.hidden or width) * self.se_ratio) if self.se_ratio else 0,
           parent=None,
           name=f"block{i + 1}",
         )
@@ -326,12 +337,14 @@ def mobilenetv2(
   activation: str = "relu6",
   bn_epsilon: float = BN_EPSILON,
   padding: str = "torch",
+  se_ratio: float = 0.0,
 ) -> MobileNetV2:
   """The standard MobileNetV2 with width multiplier `width` (3.4M parameters at 1.0).
 
   torchvision's `mobilenet_v2(width_mult=width)` is the default; Keras'
   `MobileNetV2(alpha=width)` is `bn_epsilon=1e-3, padding="keras"` (`"keras_unsized"` where
-  Keras built it without a fixed input size).
+  Keras built it without a fixed input size). `se_ratio=0.25` adds squeeze-and-excitation to
+  every block, as MobileNetV3 places it (`MobileNetV2.se_ratio`).
   """
   blocks, in_features = [], make_divisible(32 * width)
   for t, c, n, s in MOBILENETV2_SETTING:
@@ -348,6 +361,7 @@ def mobilenetv2(
     activation=activation,
     bn_epsilon=bn_epsilon,
     padding=padding,
+    se_ratio=se_ratio,
   )
 
 

@@ -26,6 +26,7 @@ from jax import lax
 
 # The Flax layer (an `nn.Conv` drop-in with fast CPU formulations) that runs a plain `Conv`.
 from rmjax.models.conv import Conv as ConvLayer
+from rmjax.models.squeeze_excite import SqueezeExcitation
 from rmjax.models.structured import StructuredConv
 
 # `Conv.padding` of TensorFlow's "SAME": computed from the input's size when applied.
@@ -232,6 +233,26 @@ class PReLU:
 
 
 @dataclasses.dataclass(frozen=True)
+class SqueezeExcite:
+  """Squeeze-and-excitation (Hu et al. 2018) on the first `channels` of `features` channels
+  (params: `fc1` reducing to `reduced` units, `fc2`; Dense kernel and bias): those are gated by
+  `sigmoid(fc2(relu(fc1(their spatial mean))))`; the other channels, reserved ones in an
+  RM-converted SE block, pass through untouched (`rmjax.models.squeeze_excite`).
+  """
+
+  features: int
+  reduced: int
+  channels: int
+
+  def __call__(self, x, *, train: bool, name: str):
+    del train
+    return SqueezeExcitation(self.reduced, self.channels, name=name)(x)
+
+  def __str__(self):
+    return f"SqueezeExcite({self.features}, reduced={self.reduced}, channels={self.channels})"
+
+
+@dataclasses.dataclass(frozen=True)
 class MaxPool:
   """Max pooling with -inf padding, as PyTorch's MaxPool2d."""
 
@@ -278,7 +299,7 @@ class Dense:
     return f"Dense(in_features={self.in_features}, out_features={self.out_features})"
 
 
-Layer = Conv | BatchNorm | ReLU | PReLU | MaxPool | GlobalAvgPool | Dense
+Layer = Conv | BatchNorm | ReLU | PReLU | SqueezeExcite | MaxPool | GlobalAvgPool | Dense
 
 
 class PlainNet(nn.Module):

@@ -61,6 +61,12 @@ class ResidualBlock(nn.Module):
     """The width of inner conv `k` (0-based)."""
     return self.features if self.inner_features is None else int(self.inner_features[k])
 
+  def excite(self, y, train: bool):
+    """The residual branch's output just before the sum: unchanged here; the SE blocks gate it
+    by squeeze-and-excitation (`rmjax.models.se`)."""
+    del train
+    return y
+
   @property
   def has_projection(self) -> bool:
     """torchvision's rule: a 1x1 conv + BN shortcut where the stride or the width changes."""
@@ -76,7 +82,7 @@ class BasicBlock(ResidualBlock):
     y = nn.relu(batch_norm(train, "bn1")(y))
     y = conv(self.features, 3, 1, name="conv2")(y)
     y = batch_norm(train, "bn2")(y)
-    return nn.relu(y + shortcut(self, x, train))
+    return nn.relu(self.excite(y, train) + shortcut(self, x, train))
 
 
 class Bottleneck(ResidualBlock):
@@ -93,7 +99,7 @@ class Bottleneck(ResidualBlock):
     y = nn.relu(batch_norm(train, "bn2")(y))
     y = conv(self.out_features, 1, 1, name="conv3")(y)
     y = batch_norm(train, "bn3")(y)
-    return nn.relu(y + shortcut(self, x, train))
+    return nn.relu(self.excite(y, train) + shortcut(self, x, train))
 
 
 def shortcut(block: ResidualBlock, x, train: bool):

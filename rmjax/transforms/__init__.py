@@ -30,9 +30,11 @@ Building blocks, by the paper's steps:
 
 # Importing the converter modules registers them.
 from rmjax.transforms import mobilenet as _mobilenet_converters  # noqa: F401
+from rmjax.transforms import preact as _preact_converters  # noqa: F401
 from rmjax.transforms import repvgg as _repvgg_converters  # noqa: F401
 from rmjax.transforms import resnet as _resnet_converters  # noqa: F401
 from rmjax.transforms import rmnext as _rmnext_converters  # noqa: F401
+from rmjax.transforms import se as _se_converters  # noqa: F401
 from rmjax.transforms.batchnorm import fold_batchnorm, identity_batchnorm
 from rmjax.transforms.convert import (
   Emitted,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from rmjax.models.mobilenet import ConvBN, DepthwiseSeparable, InvertedResidual, conv_padding
-from rmjax.models.plain import PReLU, ReLU
+from rmjax.models.plain import PReLU, ReLU, SqueezeExcite
 from rmjax.transforms.convert import (
   Emitted,
   Options,
@@ -80,8 +80,10 @@ def convert_depthwise_separable(
 def convert_inverted_residual(
   block: InvertedResidual, variables, options: Options
 ) -> list[Emitted]:
-  """expand (+ S Dirac outputs) -> PReLU -> depthwise (+ S Dirac groups) -> PReLU -> project
-  (+ S identity input columns, Eq. 4), where S = `block.shortcut` channels are carried."""
+  """expand (+ S Dirac outputs) -> PReLU -> depthwise (+ S Dirac groups) -> PReLU [-> SE on
+  the depthwise channels] -> project (+ S identity input columns, Eq. 4), where S =
+  `block.shortcut` channels are carried. The SE sits inside the branch, before a linear conv,
+  so the plain `SqueezeExcite` layer alone keeps it exact: no extra merging conv is needed."""
   s = block.shortcut
   dw_width = block.depthwise_features
   eps = block.bn_epsilon
@@ -106,6 +108,10 @@ def convert_inverted_residual(
     dw, stride=block.strides, padding=pad, groups=groups, epsilon=eps, reserved=s, carried=s > 0
   )
   layers.append(activation(block.activation, dw_width + s, s))
+  if block.se_features:
+    # The gate reads and scales the block's own channels; the carried ones pass untouched.
+    se = SqueezeExcite(dw_width + s, block.se_features, dw_width)
+    layers.append(Emitted(se, dict(variables["params"]["se"])))
   project = conv_layer(variables, "project", "project_bn", options, epsilon=eps)
   if s:
     dtype = project["kernel"].dtype

@@ -36,6 +36,7 @@ from rmjax.models.plain import (
   PlainNet,
   PReLU,
   ReLU,
+  SqueezeExcite,
 )
 from rmjax.transforms.channels import (
   abs_scales,
@@ -85,6 +86,8 @@ def _follow(layers, source: int) -> _Group | str:
       continue  # per-channel (or per-channel spatial) operations: channels pass through
     elif isinstance(layer, Dense) or _dense_conv(layer):
       return _Group(source, tuple(members), j)
+    elif isinstance(layer, SqueezeExcite):
+      return f"feeds the squeeze-and-excitation layer {j}, whose dense layers read its channels"
     else:
       return (
         f"feeds the grouped conv {j} (groups={layer.groups}): removing some of its input "

@@ -86,13 +86,14 @@ def reserve_grouped(layer, groups: int, channels: int, *, dense: bool = False, e
   - Grouped form (default): the reserved channels become extra groups of the conv's own group
     size, each group a Dirac kernel — the original conv keeps its weights and groups, so the
     parameters added are `channels * group_size * k * k` instead of `(M + C)^2 k^2 - M^2 k^2`.
-    This is the trick of the paper's RMNeXt (Sec. 5.4). It needs the group size to divide
-    `channels`; otherwise the dense form is used.
+    This is the trick of the paper's RMNeXt (Sec. 5.4). It needs a conv with as many outputs
+    as inputs per group and a group size that divides `channels`; otherwise the dense form is
+    used.
   - Dense form (`dense=True`, as the published PyTorch code does): one block-diagonal dense conv.
   """
   kernel = layer["kernel"]
   kh, _, per_group, out_features = kernel.shape
-  if not dense and channels % per_group == 0:
+  if not dense and channels % per_group == 0 and out_features == groups * per_group:
     extra_groups = channels // per_group
     dirac = dirac_kernel(channels, kh, groups=extra_groups, dtype=kernel.dtype)
     new_kernel = jnp.concatenate([kernel, dirac], axis=-1)
