@@ -15,6 +15,7 @@ from flax import traverse_util
 from jax.extend import core as jex_core
 
 from rmjax.models.conv import conv_impl
+from rmjax.models.plain import PlainNet
 
 
 def _draw_batchnorm(rng, shape, zero_scale_fraction):
@@ -82,13 +83,16 @@ def count_params(tree) -> int:
 
 
 def eval_logits(model, variables, x):
-  """`model.apply(variables, x, train=False)`, jitted, with float32 'highest' matmuls.
+  """`model.apply(variables, x, train=False)`, jitted, with float32 'highest' matmuls; a
+  `PlainNet` dense (`structured=False`), so that equivalence tests check every kernel entry
+  (tests/structured_test.py checks the structured form against it).
 
   One XLA program per model; op-by-op (eager) execution compiles every op separately, which
   is several times slower for the small networks of tests.
   """
+  kwargs = {"structured": False} if isinstance(model, PlainNet) else {}
   with jax.default_matmul_precision("highest"):
-    return jax.jit(functools.partial(model.apply, train=False))(variables, x)
+    return jax.jit(functools.partial(model.apply, train=False, **kwargs))(variables, x)
 
 
 def max_abs_difference(model, variables, plain, plain_variables, x) -> float:

@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rmjax import checkpoint, data, finetune, models, plain_io, summary, transforms
-from rmjax.models.plain import BatchNorm, PlainNet
+from rmjax.models.plain import BatchNorm, Conv, PlainNet
 
 
 class TrainingDivergedError(RuntimeError):
@@ -69,16 +69,19 @@ def _tuples(value):
 
 
 def plain_architecture(path: str) -> tuple[PlainNet, tuple[int, ...]]:
-  """The `PlainNet` and input shape that a PLAIN directory's plain.json records (no weights read).
+  """The `PlainNet` and input shape that a PLAIN directory's plain.json records (no weights read),
+  without its convs' record of Dirac structure: training fills those zeros in, so evaluating
+  (or converting) a checkpoint of the run must not skip them (`PlainNet`'s `structured=None`).
 
   Raises:
     PlainFormatError (a ValueError): `path` is missing or not a PLAIN directory.
   """
   try:
     arch = plain_io.read_arch(path)
-    plain = PlainNet(plain_io.layers_from_json(arch["layers"]))
+    layers = plain_io.layers_from_json(arch["layers"])
   except plain_io.PlainFormatError as e:
     raise plain_io.PlainFormatError(f"config.init_from: {e}") from None
+  plain = PlainNet(tuple(x.unstructured() if isinstance(x, Conv) else x for x in layers))
   return plain, tuple(arch["input_shape"])
 
 
