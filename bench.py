@@ -198,7 +198,7 @@ class Results:
   stopped midway keeps what it measured; the plot at the end."""
 
   def __init__(self, meta: dict):
-    self.report = {"meta": {**meta, "stopped": "before its end"}}
+    self.report = {"meta": {**meta, "stopped": "cut short by a time limit or an error"}}
     for key in ("results", "train", "precision", "layers", "convert"):
       self.report[key] = []
 

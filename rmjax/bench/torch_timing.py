@@ -169,13 +169,16 @@ def inference(net, x: np.ndarray, options: Options = Options()):
 
 @contextlib.contextmanager
 def _time_limit(seconds: float):
-  """Raises CompileTimeout in this (the main) thread after `seconds` (SIGALRM)."""
+  """Raises CompileTimeout in this (the main) thread after `seconds` (SIGALRM), and again
+  every half second until it leaves the block: a signal handler's exception raised inside a
+  finalizer or callback is printed and dropped ("Exception ignored in ..."; seen with
+  inductor), and compiling would go on."""
 
   def expire(signum, frame):
     raise CompileTimeout(f"torch.compile took more than {seconds:g} s")
 
   previous = signal.signal(signal.SIGALRM, expire)
-  signal.setitimer(signal.ITIMER_REAL, seconds)
+  signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)
   try:
     yield
   finally:
