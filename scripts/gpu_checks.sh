@@ -8,19 +8,22 @@
 #                 twins beside each (docs section gpu-imagenet; Table 3's ratios)
 #   2. train      training step, bfloat16 compute (float32 master weights) beside PyTorch AMP:
 #                 ResNet-50, RMNeXt-50x6_32 (gpu-train)
-#   3. precision  max |logit diff| plain vs residual at default (TF32) and "highest" precision
-#                 (gpu-precision)
-#   4. bf16       bfloat16 inference, ResNet-50 and RMNeXt-50x6_32 groups (gpu-imagenet-bf16)
-#   5. compile    torch.compile (mode default) of ResNet-50's and RMNeXt-50x6_32 plain's twins
+#   3. precision  max |logit diff| plain vs residual at default (TF32) and "highest" precision:
+#                 RMNet-50, RMNeXt-41x4_8 and 50x6_32 plain (gpu-precision)
+#   4. bf16       bfloat16 inference, ResNet-50 and RMNeXt-50x6_32 groups, dense (gpu-imagenet-bf16)
+#   5. compile    torch.compile (mode default) of ResNet-50's and RMNeXt-41x4_8 plain's twins
 #                 beside eager and rmjax (gpu-compile)
 #   6. layers     dense vs structured conv by conv, RMNet-50 and RMNeXt-50x6_32 plain: what
 #                 rmjax.models.structured.MIN_SAVING["gpu"] is set from (gpu-layers)
-# Protocol, cut to fit (the header of each section says so): 10 warm-up batches, then 2 x 20
-# timed batches (the paper: 50 + 50), turns taken with PyTorch. Estimates on an H200 (XLA
-# compiles a ResNet-152 at 224 in tens of seconds; 50 + 50 batches of ResNet-50 take ~4-6 s
-# per framework): step 1 ~4 min for 23 networks (compile + twin + 2 x 50 batches each), 2 ~1
-# min, 3 ~1 min, 4 ~1 min, 5 ~1.5 min (an inductor compile each), 6 ~40 s; the timeouts below
-# cap the whole at ~9 min 10 s.
+# Protocol, cut to fit (each section's header says so): 5 warm-up batches, then 2 x 10 timed
+# batches (the paper: 50 + 50), turns taken with PyTorch. Estimates on an H200 (XLA compiles a
+# ResNet-152 at 224 in tens of seconds; a batch of 128 of ResNet-50 takes ~50 ms per framework,
+# RMNeXt-101's ~2.7x that): step 1 ~10 s per network (compile, a cuDNN-autotuned twin, 2 x 25
+# batches) for 22 networks plus ~30 s building them: ~4 min, cut at 220 s (the deepest groups
+# come last); 2 ~80 s (the training steps compile for ~30 s each); 3 ~60 s; 4 ~50 s; 5 up to 40
+# s an inductor compilation (ResNet-50, then RMNeXt-41x4_8 plain); 6 ~25 s. Each limit can be
+# changed by T_<step> (seconds; T_imagenet=300), the protocol by PROTOCOL. Limits as set: 8 min
+# 50 s for the steps, plus ~15 s of versions and the summary.
 #
 # Lessons of the last session (2026-11-29) kept here: no preallocation (several processes
 # share the card, and torch's allocator beside jax's); PYTHONPATH=. (rmjax is not installed
@@ -47,8 +50,8 @@ if [ "${GPU_CHECKS_DRY:-0}" = 1 ]; then
   SIZE="--tiny_models --image_size=32 --batch_sizes=4 --warmup=1 --batches=2 --repeats=1"
   PRECISION_BATCH=2 COMPILE="--torch_compile_backend=eager" SCALE=${DRY_SCALE:-4}
 else
-  SIZE="--image_size=224 --batch_sizes=128 --warmup=10 --batches=20 --repeats=2"
-  PRECISION_BATCH=16 COMPILE="--torch_compile_timeout=70" SCALE=1
+  SIZE="--image_size=224 --batch_sizes=128 ${PROTOCOL:---warmup=5 --batches=10 --repeats=2}"
+  PRECISION_BATCH=16 COMPILE="--torch_compile_timeout=40" SCALE=1
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null
 $PY - <<'EOF'
@@ -67,7 +70,8 @@ start_all=$(date +%s)
 # step NAME SECONDS ARGS...: one bench.py run under `timeout`, its docs section named gpu-NAME
 # (gpu-imagenet for "imagenet"), everything it writes in $WORK/NAME, then re-packed into $OUT.
 step() {
-  local name=$1 seconds=$(($2 * SCALE)) start
+  local name=$1 limit="T_${1//-/_}" start
+  local seconds=$((${!limit:-$2} * SCALE))
   shift 2
   start=$(date +%s)
   mkdir -p "$WORK/$name"
@@ -82,15 +86,15 @@ step() {
 }
 
 step imagenet 220 --suites=imagenet --modes=dense,structured,auto
-step train 75 --suites=resnet50,rmnext50x6_32 --modes= --noinference --train_steps \
+step train 85 --suites=resnet50,rmnext50x6_32 --modes= --noinference --train_steps \
   --train_dtype=bfloat16
-step precision 60 --suites=resnet50,rmnext41x4_8,rmnext41x5_16,rmnext50x5_32,rmnext50x6_32,rmnext101x6_16 \
-  --modes=dense,auto --noinference --precision_check --precision_batch=$PRECISION_BATCH
-step imagenet-bf16 50 --suites=resnet50,rmnext50x6_32 --modes=dense,structured --dtype=bfloat16
-step compile 90 --suites=resnet50,rmnext50x6_32 --modes=dense $COMPILE \
-  "--networks=ResNet-50,RMNeXt-50x6_32 plain (dense)" --torch_compile=all
-step layers 40 --suites=resnet50,rmnext50x6_32 --modes=dense --noinference --layer_timings \
-  --warmup=5 --batches=10
+step precision 60 --suites=resnet50,rmnext41x4_8,rmnext50x6_32 --modes=dense,auto --noinference \
+  --precision_check --precision_batch=$PRECISION_BATCH
+step imagenet-bf16 50 --suites=resnet50,rmnext50x6_32 --modes=dense --dtype=bfloat16
+step compile 90 --suites=resnet50,rmnext41x4_8 --modes=dense $COMPILE \
+  "--networks=ResNet-50,RMNeXt-41x4_8 plain (dense)" --torch_compile=all
+step layers 25 --suites=resnet50,rmnext50x6_32 --modes=dense --noinference --layer_timings \
+  --warmup=3 --batches=10
 
 # The summary: each step's time, then Table 3's ratios and the training step (from the JSON).
 $PY - "$WORK" <<'EOF' | tee "$OUT/summary.md"

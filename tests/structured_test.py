@@ -226,7 +226,9 @@ def test_default_execution_follows_the_rule_per_conv(monkeypatch):
   assert len(savings) > 2
   threshold = savings[len(savings) // 2]
   monkeypatch.setitem(
-    structured_lib.MIN_SAVING, "cpu", {"dense": threshold, "grouped": threshold, "depthwise": 0.0}
+    structured_lib.MIN_SAVING,
+    "cpu",
+    {"pointwise": threshold, "dense": threshold, "grouped": threshold, "depthwise": 0.0},
   )
   mixed = structured_lib.structured_choice(plain, "cpu")
   assert 0 < sum(mixed) < len(structured_convs)
@@ -246,5 +248,6 @@ def test_default_execution_follows_the_rule_per_conv(monkeypatch):
 def test_kinds():
   conv = plain_layers.Conv
   assert structured_lib.kind(conv(8, 8, 3)) == "dense"
+  assert structured_lib.kind(conv(8, 16, 1)) == "pointwise"
   assert structured_lib.kind(conv(8, 8, 3, groups=8)) == "depthwise"
   assert structured_lib.kind(conv(8, 16, 3, groups=2)) == "grouped"

@@ -104,7 +104,7 @@ def device_info() -> dict[str, Any]:
     "python_version": platform.python_version(),
     # XLA:CPU's speed depends on these (rmjax.xla_cpu sets some on import).
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+    "jax_default_matmul_precision": getattr(jax.config, "jax_default_matmul_precision", None),
     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
   }
 

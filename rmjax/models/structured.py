@@ -127,17 +127,17 @@ def saving(spec) -> float:
 
 def kind(spec) -> str:
   """The layer kind `runs_structured` keys on: "depthwise" (one input channel per group),
-  "grouped" (several groups of several channels), or "dense"."""
+  "grouped" (several groups of several channels), "pointwise" (1x1, one group) or "dense"."""
   if spec.groups == 1:
-    return "dense"
+    return "pointwise" if spec.kernel_size == 1 else "dense"
   return "depthwise" if spec.in_features == spec.groups else "grouped"
 
 
 # The least `saving` at which `plain.apply` runs a conv structured by default, by platform and
 # `kind` (None: never). See `runs_structured` for the measurements behind each number.
 MIN_SAVING: dict[str, dict[str, float | None]] = {
-  "cpu": {"dense": 0.0, "grouped": 0.0, "depthwise": 0.0},
-  "gpu": {"dense": 0.6, "grouped": 0.6, "depthwise": 0.0},
+  "cpu": {"pointwise": 0.0, "dense": 0.0, "grouped": 0.0, "depthwise": 0.0},
+  "gpu": {"pointwise": 0.6, "dense": 0.6, "grouped": 0.6, "depthwise": 0.0},
 }
 
 
@@ -157,14 +157,20 @@ def runs_structured(spec, platform: str) -> bool:
     (dense and grouped, 0.20–0.33) 1.02x vs 0.87x (0.80x vs 0.79x in `cpu-torch`). Hence 0:
     any saving. Known exception: at batch 1 the dense form wins for RMNet-18 (0.94x vs 0.79x)
     and RMNeXt-26 (0.48x vs 0.42x), where slicing the kernels' learned parts at every call
-    outweighs the multiply-adds saved.
+    outweighs the multiply-adds saved. Conv by conv, each alone (2-core AMD EPYC, shared,
+    2026-12-04: `bench.py --suites=rmnext26,resnet18 --modes=dense --noinference
+    --layer_timings --notorch`), structured / dense time is 0.50–0.96 for RMNet-18's 3x3
+    convs and 0.71–0.88 for RMNeXt-26's grouped ones, but 0.73–2.05 for its 1x1 convs (slower
+    at 32x32 and 16x16); yet RMNeXt-26 whole, its 1x1 convs dense and the rest structured, was
+    no faster than all structured (33.4 vs 35.5 imgs/s, dense 36.2; a noisy run): fusion
+    changes the balance, so the CPU keeps 0 for 1x1 ("pointwise") convs too.
   - GPU (NVIDIA H200, jax 0.11.2): at 224x224, RMNet-50 (dense and grouped convs, savings
     0.66–0.80 but for its first block's 0.49–0.50) runs at 0.99x of ResNet-50 structured and
     0.61x dense (issue 22); at 32x32 (docs/benchmarks.md, section `gpu`) RMNeXt-26x3_32
     (0.20–0.33) runs faster dense (1.24x vs 0.97x of its residual network), RMNet-18
     (0.30–0.50) about as fast either way (1.25x dense, 1.31x structured; 1.33x vs 0.99x at
     batch 32), and MobileNetV1 (depthwise, 0.22) faster structured at every batch size (1.71x
-    vs 1.43x). Hence 0.6 for dense and grouped convs, 0 for depthwise ones.
+    vs 1.43x). Hence 0.6 for dense, 1x1 and grouped convs, 0 for depthwise ones.
     `scripts/gpu_checks.sh` measures every ImageNet plain network of Table 3 in both forms and
     conv by conv (docs/benchmarks.md, sections `gpu-imagenet`, `gpu-layers`), to set these.
 
