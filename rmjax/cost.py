@@ -59,7 +59,7 @@ def count_residual_adds(fn, *args) -> int:
 
   A ResNet-18 has 8 (one per block); a plain network has 0.
 
-    >>> count_residual_adds(lambda x: plain.apply(plain_vars, x), x)
+    >>> count_residual_adds(lambda x: plain.apply(plain_vars, x, structured=False), x)
     0
   """
   # On XLA's convolutions: the CPU formulations of depthwise convs add shifted taps, which are

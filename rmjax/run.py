@@ -21,7 +21,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from rmjax import checkpoint, data, interop, models, plain_io, transforms
-from rmjax.models.plain import PlainNet
+from rmjax.models.plain import Conv, PlainNet
 
 
 class RunError(ValueError):
@@ -173,16 +173,19 @@ def _tuples(value):
 
 
 def plain_architecture(path: str) -> tuple[PlainNet, tuple[int, ...]]:
-  """The `PlainNet` and input shape that a PLAIN directory's plain.json records (no weights read).
+  """The `PlainNet` and input shape that a PLAIN directory's plain.json records (no weights read),
+  without its convs' record of Dirac structure: training fills those zeros in, so evaluating
+  (or converting) a checkpoint of the run must not skip them (`PlainNet`'s `structured=None`).
 
   Raises:
     PlainFormatError (a ValueError): `path` is missing or not a PLAIN directory.
   """
   try:
     arch = plain_io.read_arch(path)
-    plain = PlainNet(plain_io.layers_from_json(arch["layers"]))
+    layers = plain_io.layers_from_json(arch["layers"])
   except plain_io.PlainFormatError as e:
     raise plain_io.PlainFormatError(f"config.init_from: {e}") from None
+  plain = PlainNet(tuple(x.unstructured() if isinstance(x, Conv) else x for x in layers))
   return plain, tuple(arch["input_shape"])
 
 

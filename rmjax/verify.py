@@ -18,17 +18,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rmjax.models.plain import PlainNet
+
 TOLERANCE = 1e-4  # the default bound, relative to max(1, max |logit|)
 
 
 def eval_logits(model, variables, x):
-  """`model.apply(variables, x, train=False)`, jitted, with float32 'highest' matmuls.
+  """`model.apply(variables, x, train=False)`, jitted, with float32 'highest' matmuls; a
+  `PlainNet` dense (`structured=False`), so that equivalence checks read every kernel entry
+  (tests/structured_test.py checks the structured form against it).
 
   One XLA program per model; op-by-op (eager) execution compiles every op separately, which
   is several times slower for small networks.
   """
+  kwargs = {"structured": False} if isinstance(model, PlainNet) else {}
   with jax.default_matmul_precision("highest"):
-    return jax.jit(functools.partial(model.apply, train=False))(variables, x)
+    return jax.jit(functools.partial(model.apply, train=False, **kwargs))(variables, x)
 
 
 def max_abs_difference(model, variables, plain, plain_variables, x) -> float:

@@ -70,7 +70,7 @@ def main(argv):
   plain, plain_vars = transforms.rm_convert_jit(model, variables)
   applies = {
     "residual": (functools.partial(model.apply, train=False), variables),
-    "plain, dense": (plain.apply, plain_vars),
+    "plain, dense": (functools.partial(plain.apply, structured=False), plain_vars),
     "plain, structured": (functools.partial(plain.apply, structured=True), plain_vars),
   }
   print(f"## {_MODEL.value}, batch {batch}, {jax.devices()[0].device_kind}\n")
@@ -98,7 +98,7 @@ def main(argv):
       one = PlainNet((layer, ReLU()) if relu else (layer,))
       v = {"params": {"layers_0": plain_vars["params"][f"layers_{i}"]}}
       xi = jnp.ones(h.shape, h.dtype)
-      _, dense, _ = timed(one.apply, v, xi, repeats=repeats)
+      _, dense, _ = timed(functools.partial(one.apply, structured=False), v, xi, repeats=repeats)
       _, structured, _ = timed(
         functools.partial(one.apply, structured=True), v, xi, repeats=repeats
       )

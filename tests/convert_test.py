@@ -59,7 +59,7 @@ def test_plain_network_has_no_residual_connection(resnet18_cifar, keep_bn):
   # The detector does find the 8 residual additions of the original ...
   assert count_residual_adds(lambda x: model.apply(variables, x, train=False), x) == 8
   # ... and none in the plain network.
-  assert count_residual_adds(lambda x: plain.apply(plain_vars, x), x) == 0
+  assert count_residual_adds(lambda x: plain.apply(plain_vars, x, structured=False), x) == 0
   # The layer sequence chains: each layer consumes the width the previous one produced.
   width = x.shape[-1]
   for i, layer in enumerate(plain.layers):

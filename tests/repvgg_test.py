@@ -96,7 +96,7 @@ def test_plain_network_has_no_residual_connection():
   def plain_logits(x):
     # Traced, not compiled: the conversion only touches constants, so it adds no taint.
     plain, plain_vars = transforms.rm_convert(model, variables)
-    return plain.apply(plain_vars, x)
+    return plain.apply(plain_vars, x, structured=False)
 
   assert count_residual_adds(lambda x: model.apply(variables, x, train=False), x) > 0
   assert count_residual_adds(plain_logits, x) == 0

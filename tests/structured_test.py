@@ -13,6 +13,7 @@ import pytest
 import rmjax
 from rmjax import models, plain_io, transforms
 from rmjax.models import plain as plain_layers
+from rmjax.models import structured as structured_lib
 from rmjax.models.structured import check_structure
 from rmjax.testing import random_variables
 
@@ -63,7 +64,7 @@ def converted(name: str, keep_bn: bool, fuse: bool = True, dense_reserve: bool =
 
 def dense_and_structured(plain, plain_vars, x):
   with jax.default_matmul_precision("highest"):
-    dense = jax.jit(plain.apply)(plain_vars, x)
+    dense = jax.jit(functools.partial(plain.apply, structured=False))(plain_vars, x)
     structured = jax.jit(functools.partial(plain.apply, structured=True))(plain_vars, x)
   return dense, structured
 
@@ -101,7 +102,7 @@ def test_structured_equals_dense(name, kwargs, keep_bn):
 def test_structured_skips_the_zeros():
   plain, plain_vars, x = converted("resnet18", False)
   macs = rmjax.cost.count_macs
-  dense = macs(plain.apply, plain_vars, x)
+  dense = macs(functools.partial(plain.apply, structured=False), plain_vars, x)
   structured = macs(functools.partial(plain.apply, structured=True), plain_vars, x)
   model = models.create("resnet18", num_classes=10, stem="cifar")
   variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
@@ -132,7 +133,8 @@ def test_copies_and_adds_follow_stride_and_padding():
     for spec, layer, width in cases:
       plain, variables = plain_layers.PlainNet((spec,)), {"params": {"layers_0": layer}}
       h = x[..., :width]
-      out.append((plain.apply(variables, h), plain.apply(variables, h, structured=True)))
+      dense = plain.apply(variables, h, structured=False)
+      out.append((dense, plain.apply(variables, h, structured=True)))
     return out
 
   with jax.default_matmul_precision("highest"):
@@ -187,3 +189,66 @@ def test_plain_json_keeps_the_structure_and_old_files_load(tmp_path):
   assert loaded_plain == plain
   dense, structured = dense_and_structured(loaded_plain, loaded_vars, x)
   chex.assert_trees_all_close(structured, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_saving_counts_the_skipped_multiply_adds():
+  plain, plain_vars, _ = converted("resnet18", False)
+  macs = rmjax.testing.count_macs
+  checked = 0
+  for i, spec in enumerate(plain.layers):
+    if not getattr(spec, "structured", False):
+      assert structured_lib.saving(spec) == 0.0
+      continue
+    one = plain_layers.PlainNet((spec,))
+    v = {"params": {"layers_0": plain_vars["params"][f"layers_{i}"]}}
+    h = jnp.zeros((1, 8, 8, spec.in_features))
+    dense = macs(functools.partial(one.apply, structured=False), v, h)
+    kept = macs(functools.partial(one.apply, structured=True), v, h)
+    # count_macs counts convs and matmuls; the copies' and identity adds' one multiply per
+    # value are elementwise.
+    out = jax.eval_shape(functools.partial(one.apply, structured=False), v, h).shape
+    elementwise = spec.reserved or (spec.merged if spec.merged_identity else 0)
+    kept += out[1] * out[2] * elementwise
+    assert structured_lib.saving(spec) == pytest.approx(1 - kept / dense, abs=1e-9)
+    checked += 1
+  assert checked == sum(getattr(s, "structured", False) for s in plain.layers) > 8
+
+
+def test_default_execution_follows_the_rule_per_conv(monkeypatch):
+  plain, plain_vars, x = converted("bottleneck", False)
+  structured_convs = [i for i, s in enumerate(plain.layers) if getattr(s, "structured", False)]
+  choice = structured_lib.structured_choice(plain, "cpu")
+  assert [i for i, c in enumerate(choice) if c] == [
+    i for i in structured_convs if structured_lib.saving(plain.layers[i]) > 0
+  ]
+  assert not any(structured_lib.structured_choice(plain, "tpu"))  # unmeasured: dense
+  # A threshold between the convs' savings runs some convs each way: the same function.
+  savings = sorted({structured_lib.saving(plain.layers[i]) for i in structured_convs})
+  assert len(savings) > 2
+  threshold = savings[len(savings) // 2]
+  monkeypatch.setitem(
+    structured_lib.MIN_SAVING,
+    "cpu",
+    {"pointwise": threshold, "dense": threshold, "grouped": threshold, "depthwise": 0.0},
+  )
+  mixed = structured_lib.structured_choice(plain, "cpu")
+  assert 0 < sum(mixed) < len(structured_convs)
+  macs = rmjax.testing.count_macs
+  dense_macs = macs(functools.partial(plain.apply, structured=False), plain_vars, x)
+  auto_macs = macs(plain.apply, plain_vars, x)
+  structured_macs = macs(functools.partial(plain.apply, structured=True), plain_vars, x)
+  assert structured_macs < auto_macs < dense_macs
+  dense, _ = dense_and_structured(plain, plain_vars, x)
+  with jax.default_matmul_precision("highest"):
+    auto = jax.jit(plain.apply)(plain_vars, x)
+  chex.assert_trees_all_close(auto, dense, atol=1e-5, rtol=1e-5)
+  # Training runs dense whatever the rule says (its gradients fill the zeros in).
+  assert macs(functools.partial(plain.apply, train=True), plain_vars, x) == dense_macs
+
+
+def test_kinds():
+  conv = plain_layers.Conv
+  assert structured_lib.kind(conv(8, 8, 3)) == "dense"
+  assert structured_lib.kind(conv(8, 16, 1)) == "pointwise"
+  assert structured_lib.kind(conv(8, 8, 3, groups=8)) == "depthwise"
+  assert structured_lib.kind(conv(8, 16, 3, groups=2)) == "grouped"

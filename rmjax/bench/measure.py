@@ -12,7 +12,8 @@ network it was converted from, on the timed batch. With `torch=True`, each netwo
 PyTorch twin (`rmjax.bench.torch_twins`) is also timed in PyTorch by the same protocol on the same
 batch (`rmjax.bench.torch_timing`), the two taking turns repeat by repeat: its imgs/s, the ratio
 rmjax / PyTorch, and the max |logit difference| between the two (the proof that they run the
-same weights).
+same weights). Where `torch.Options.compile` names a network, its `torch.compile`d twin is
+timed in the same turns (columns `torch_compiled_*`, and its compile time).
 
   >>> nets = suites.build(["tiny"])
   >>> rows = run(nets, batch_sizes=[8], protocol=Protocol(warmup=1, batches=2, repeats=1))
@@ -53,8 +54,19 @@ from rmjax.randomize import random_variables
 # ops in float32 and counts the conversions.
 FLOPS_TOLERANCE = 1e-3
 # rmjax vs its PyTorch twin: a larger max |logit difference| than this times max(1, max |logit|)
-# means they do not compute the same function (float32 round-off is ~1e-6 of the logits).
+# means they do not compute the same function (float32 round-off is ~1e-6 of the logits). TF32
+# (GPU convolutions' default precision in both frameworks) and bfloat16 round to 10 and 7
+# mantissa bits, ~1e-3 and ~1e-2 of each value: warning thresholds, not measurements.
 TWIN_TOLERANCE = 1e-3
+TWIN_TOLERANCE_TF32 = 3e-2
+TWIN_TOLERANCE_BFLOAT16 = 1e-1
+
+
+def twin_tolerance(meta) -> float:
+  """The TWIN_TOLERANCE* that applies to a run (its meta: platform, dtype)."""
+  if meta.get("dtype") == "bfloat16":
+    return TWIN_TOLERANCE_BFLOAT16
+  return TWIN_TOLERANCE if meta.get("platform") == "cpu" else TWIN_TOLERANCE_TF32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +90,8 @@ def default_protocol(platform_name: str) -> Protocol:
 
 
 def device_info() -> dict[str, Any]:
-  """What the results were measured on: device (CPU model or accelerator name), versions, date."""
+  """What the results were measured on: device (CPU model or accelerator name), versions, date,
+  jax's default matmul precision (None: the platform's default, TF32 convolutions on GPUs)."""
   device = jax.devices()[0]
   name = device.device_kind
   if device.platform == "cpu":
@@ -94,6 +107,7 @@ def device_info() -> dict[str, Any]:
     "python_version": platform.python_version(),
     # XLA:CPU's speed depends on these (rmjax.xla_cpu sets some on import).
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "jax_default_matmul_precision": getattr(jax.config, "jax_default_matmul_precision", None),
     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
   }
 
@@ -222,36 +236,35 @@ def run(
   batch_sizes: Sequence[int],
   protocol: Protocol,
   progress: Callable[[str], None] = log,
-  torch: bool = False,
-  channels_last: bool = False,
+  torch: torch_timing.Options | None = None,
+  on_row: Callable[[list[dict]], None] = lambda rows: None,
 ) -> list[dict]:
   """Measures every network at every batch size. Adds the speed-up over its group's baseline
   and the max |logit difference| from its reference (None for a baseline / without one); with
-  `torch`, the PyTorch twin's numbers (`torch_columns`), its batches timed in turn with
-  rmjax's (`time_batches`)."""
+  `torch` options, the PyTorch twin's numbers (`torch_columns`; and the compiled twin's), its
+  batches timed in turn with rmjax's (`time_batches`). Calls `on_row(rows so far)` after each
+  row (bench.py saves them there: a run stopped midway keeps what it measured)."""
   rows, total, start = [], len(networks) * len(batch_sizes), time.perf_counter()
   for batch in batch_sizes:
     logits: dict[int, np.ndarray] = {}  # by id() of the network
     baseline: dict[str, dict] = {}
-    twins: dict[tuple[int, int], tuple] = {}  # (run, logits) by id() of model and variables
+    twins: dict[tuple, dict] = {}  # by id() of model and variables: the modes share them
     for net in networks:
-      twin = None
-      if torch and net.model is not None and torch_twins.supports(net.model):
-        # The modes of one plain network share its (dense) twin.
+      peers = {}
+      if torch is not None and net.model is not None and torch_twins.supports(net.model):
         key = (id(net.model), id(net.variables))
-        if key not in twins:
-          x = np.asarray(images(batch, net.image_size))
-          twins[key] = torch_timing.inference(net, x, channels_last=channels_last)
-        twin = twins[key]
-      row = measure(net, batch, protocol, beside=[twin[0]] if twin else [])
+        twins[key] = peers = twins.get(key) or twin_runs(net, batch, torch, progress)
+      timed = [p for p in peers.values() if "run" in p]
+      row = measure(net, batch, protocol, beside=[p["run"] for p in timed])
       logits[id(net)] = row.pop("logits")
-      torch_seconds = row.pop("beside_seconds")
+      peer_seconds = dict(zip((id(p) for p in timed), row.pop("beside_seconds"), strict=True))
       if net.role == "baseline":
         baseline.setdefault(net.group, row)
       base = baseline.get(net.group)
       row["speedup"] = (
         row["imgs_per_sec"] / base["imgs_per_sec"] if base is not None and base is not row else None
       )
+      row["default"] = net.default
       row["max_abs_logit_diff"] = None
       if net.reference is not None:
         ref = net.reference
@@ -259,25 +272,53 @@ def run(
           x = images(batch, ref.image_size).astype(input_dtype(ref))
           logits[id(ref)] = np.asarray(jax.jit(ref.apply)(ref.variables, x), np.float32)
         row["max_abs_logit_diff"] = float(np.max(np.abs(logits[id(net)] - logits[id(ref)])))
-      if torch:
-        seconds = torch_seconds[0] if twin else None
-        row.update(torch_columns(net, row, logits[id(net)], seconds, twin and twin[1]))
+      if torch is not None:
+        eager, compiled = peers.get("eager"), peers.get("compiled") or {}
+        for prefix, peer in (("torch_", eager), ("torch_compiled_", compiled)):
+          seconds = peer_seconds.get(id(peer)) if peer else None
+          row.update(torch_columns(net, row, logits[id(net)], seconds, peer, prefix))
+        row["torch_compile_seconds"] = compiled.get("compile_seconds")
+        row["torch_compile_timed_out"] = compiled.get("timed_out", False)
       rows.append(row)
-      progress(
-        f"[{len(rows)}/{total} {time.perf_counter() - start:.0f}s] {net.name}, batch {batch}: "
-        f"compiled in {row['compile_seconds']:.1f}s, {row['imgs_per_sec']:.1f} imgs/s "
-        f"({row['imgs_per_sec_min']:.1f}-{row['imgs_per_sec_max']:.1f}), "
-        f"XLA/analytical FLOPs {row['flops_ratio']:.4f}"
-      )
-      if twin:
-        shared = " (of the dense form)" if net.mode not in ("", "dense") else ""
-        progress(
-          f"  PyTorch twin{shared}: "
-          f"{row['torch_imgs_per_sec']:.1f} imgs/s ({row['torch_imgs_per_sec_min']:.1f}-"
-          f"{row['torch_imgs_per_sec_max']:.1f}), rmjax / PyTorch {row['torch_ratio']:.2f}, "
-          f"max |logit diff| {row['torch_max_abs_logit_diff']:.1e}"
-        )
+      on_row(rows)
+      _log_row(progress, f"{len(rows)}/{total} {time.perf_counter() - start:.0f}s", net, row)
   return rows
+
+
+def _log_row(progress: Callable[[str], None], counter: str, net: Network, row: dict) -> None:
+  progress(
+    f"[{counter}] {net.name}, batch {row['batch_size']}: "
+    f"compiled in {row['compile_seconds']:.1f}s, {row['imgs_per_sec']:.1f} imgs/s "
+    f"({row['imgs_per_sec_min']:.1f}-{row['imgs_per_sec_max']:.1f}), "
+    f"XLA/analytical FLOPs {row['flops_ratio']:.4f}"
+  )
+  for prefix, what in (("torch_", "PyTorch twin"), ("torch_compiled_", "compiled twin")):
+    if row.get(f"{prefix}imgs_per_sec") is not None:
+      shared = " (of the dense form)" if net.mode not in ("", "dense") else ""
+      progress(
+        f"  {what}{shared}: {row[f'{prefix}imgs_per_sec']:.1f} imgs/s "
+        f"({row[f'{prefix}imgs_per_sec_min']:.1f}-{row[f'{prefix}imgs_per_sec_max']:.1f}), "
+        f"rmjax / PyTorch {row[f'{prefix}ratio']:.2f}, "
+        f"max |logit diff| {row[f'{prefix}max_abs_logit_diff']:.1e}"
+      )
+
+
+def twin_runs(net: Network, batch: int, options, progress: Callable[[str], None]) -> dict:
+  """The twin of `net` on the benchmark batch: {"eager": {"run", "logits"}} and, where
+  `options.compiles(net.name)`, "compiled": {"run", "logits", "compile_seconds"}, or
+  {"timed_out": True} where compiling took longer than `options.compile_timeout`."""
+  x = np.asarray(images(batch, net.image_size))
+  run, logits = torch_timing.inference(net, x, options)
+  peers = {"eager": {"run": run, "logits": logits}}
+  if options.compiles(net.name):
+    try:
+      run, logits, seconds = torch_timing.compiled_inference(net, x, options)
+      peers["compiled"] = {"run": run, "logits": logits, "compile_seconds": seconds}
+      progress(f"  torch.compile of {net.name}'s twin: {seconds:.1f}s")
+    except torch_timing.CompileTimeout as e:
+      peers["compiled"] = {"timed_out": True}
+      progress(f"  torch.compile of {net.name}'s twin: abandoned, {e}")
+  return peers
 
 
 def torch_columns(
@@ -285,28 +326,31 @@ def torch_columns(
   row: dict,
   logits: np.ndarray,
   seconds: list[float] | None,
-  torch_logits: np.ndarray | None,
+  peer: dict | None,
+  prefix: str = "torch_",
 ) -> dict:
-  """The PyTorch columns of `net`'s `row` from its twin's seconds per batch and logits (None:
-  no twin): `torch_imgs_per_sec` (median, min, max, repeats), `torch_ratio` (rmjax / PyTorch
-  imgs/s), `torch_max_abs_logit_diff` from rmjax's `logits` (whose max |logit| is
-  `max_abs_logit`), `torch_twin` (what the twin computes: "dense" for a plain network in any
-  mode, "" for another network). All None without a twin."""
-  columns = {f"torch_{k}": None for k in (*SPEED_KEYS, "ratio", "max_abs_logit_diff", "twin")}
+  """The PyTorch columns of `net`'s `row`, each name starting with `prefix`, from its twin's
+  seconds per batch and its logits (`peer["logits"]`; None: no twin timed): imgs/s (median,
+  min, max, repeats), `ratio` (rmjax / PyTorch imgs/s), `max_abs_logit_diff` from rmjax's
+  `logits` (whose max |logit| is `max_abs_logit`), `twin` (what the twin computes: "dense" for
+  a plain network in any mode, "" for another network). All None without a twin."""
+  columns = {f"{prefix}{k}": None for k in (*SPEED_KEYS, "ratio", "max_abs_logit_diff", "twin")}
   columns["max_abs_logit"] = float(np.max(np.abs(logits)))
   if seconds is None:
     return columns
-  columns.update(speeds("torch_", row["batch_size"], seconds))
-  columns["torch_ratio"] = row["imgs_per_sec"] / columns["torch_imgs_per_sec"]
-  columns["torch_max_abs_logit_diff"] = float(np.max(np.abs(torch_logits - logits)))
-  columns["torch_twin"] = "dense" if isinstance(net.model, PlainNet) else ""
+  columns.update(speeds(prefix, row["batch_size"], seconds))
+  columns[f"{prefix}ratio"] = row["imgs_per_sec"] / columns[f"{prefix}imgs_per_sec"]
+  columns[f"{prefix}max_abs_logit_diff"] = float(np.max(np.abs(peer["logits"] - logits)))
+  columns[f"{prefix}twin"] = "dense" if isinstance(net.model, PlainNet) else ""
   return columns
 
 
-def twin_disagrees(row: dict) -> bool:
-  """Whether a row's PyTorch twin computed other logits than rmjax (see TWIN_TOLERANCE)."""
-  diff = row.get("torch_max_abs_logit_diff")
-  return diff is not None and diff > TWIN_TOLERANCE * max(1.0, row["max_abs_logit"])
+def twin_disagrees(row: dict, tolerance: float = TWIN_TOLERANCE) -> bool:
+  """Whether a row's PyTorch twin (eager or compiled) computed other logits than rmjax, by more
+  than `tolerance` x max(1, max |logit|) (`twin_tolerance`)."""
+  diffs = (row.get(f"{p}max_abs_logit_diff") for p in ("torch_", "torch_compiled_"))
+  limit = tolerance * max(1.0, row.get("max_abs_logit") or 0.0)
+  return any(d is not None and d > limit for d in diffs)
 
 
 def time_convert(

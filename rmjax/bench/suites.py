@@ -8,6 +8,12 @@ networks is another entry of `PLAIN_MODES`; another framework or architecture, a
   >>> nets = build(["resnet18"], Settings(modes=("dense", "structured")))
   >>> [n.name for n in nets]
   ['ResNet-18', 'RMNet-18 (dense)', 'RMNet-18 (structured)']
+
+The `imagenet` suite is the speed column of Table 3 (ImageNet rows, 224x224 with
+`bench.py --image_size=224`): ResNet-50/101/152 and the RMNeXt presets, residual and plain,
+and RMNet-50 (ResNet-50's plain form); `PAPER_IMAGENET` holds the paper's V100 imgs/s.
+`Settings(tiny=True)` builds every suite's architectures narrow and shallow (same blocks, same
+code paths) for tests and dry runs.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import jax.numpy as jnp
 from rmjax import models, transforms
 from rmjax.models.plain import PlainNet
 from rmjax.models.resnet import ResNet
-from rmjax.models.structured import check_structure
+from rmjax.models.structured import check_structure, structured_choice
 from rmjax.randomize import random_variables
 
 
@@ -48,13 +54,16 @@ class Network:
   mode: str = ""
   reference: Network | None = None
   model: Any = None
+  default: bool = False  # a plain network in the form `plain.apply` runs it by default
 
 
 # How a PlainNet runs, by name (bench.py --modes). "dense" is the canonical form; "structured"
-# skips the Dirac zeros that RM adds (rmjax.models.structured).
+# skips the Dirac zeros that RM adds (rmjax.models.structured); "auto" is `plain.apply`'s
+# default, each conv in the form `structured.runs_structured` picks for the platform.
 PLAIN_MODES: dict[str, Callable[[PlainNet], Callable]] = {
-  "dense": lambda plain: plain.apply,
+  "dense": lambda plain: functools.partial(plain.apply, structured=False),
   "structured": lambda plain: functools.partial(plain.apply, structured=True),
+  "auto": lambda plain: plain.apply,
 }
 
 
@@ -67,14 +76,34 @@ class Settings:
   modes: tuple[str, ...] = ("dense", "structured")
   dtype: str = "float32"
   seed: int = 0
+  tiny: bool = False
 
   @property
   def cifar(self) -> bool:
     return self.image_size <= 64
 
-  def create(self, name: str, **kwargs):
-    stem = "cifar" if self.cifar else "imagenet"
-    return models.create(name, num_classes=10 if self.cifar else 1000, stem=stem, **kwargs)
+  def create(self, name: str, imagenet: bool | None = None, **kwargs):
+    """`models.create(name)` for these settings: CIFAR stem and 10 classes, or ImageNet's
+    (`imagenet`; default: by image size), narrow and shallow if `tiny`."""
+    imagenet = not self.cifar if imagenet is None else imagenet
+    if self.tiny:
+      kwargs = {**tiny_overrides(name), **kwargs}
+    stem = "imagenet" if imagenet else "cifar"
+    return models.create(name, num_classes=1000 if imagenet else 10, stem=stem, **kwargs)
+
+
+def tiny_overrides(name: str) -> dict:
+  """The keyword arguments that make preset `name` tiny: two stages, of two blocks (identity
+  shortcut) and one (projection, stride 2), 4-16 channels wide (RMNeXt: 8 channels a group in
+  the first stage, so that every expansion divides)."""
+  stages = dict(stage_sizes=(2, 1), strides=(1, 2), stem_width=8)
+  if name.startswith("rmnext"):
+    return dict(stages, widths=(8, 16), channels_per_group=8)
+  if name.startswith("resnet"):
+    return dict(stages, widths=(4, 8))
+  if name.startswith("mobilenet"):
+    return dict(width=0.25)
+  return {}
 
 
 def cast(tree, dtype: str):
@@ -95,16 +124,26 @@ def residual(label: str, model, settings: Settings, role: str = "baseline"):
 
 
 def plain_forms(label: str, source: Network, model, variables, settings: Settings):
-  """`rm_convert(model, variables)` run in each of `settings.modes` — "structured" only where
-  the conversion recorded Dirac structure to skip — in `source`'s group."""
+  """`rm_convert(model, variables)` run in each of `settings.modes`, in `source`'s group:
+  "structured" only where the conversion recorded Dirac structure to skip, "auto" only where it
+  runs some conv otherwise than the other modes do (else that mode's network is marked
+  `default`, as is every mode that runs each conv as `plain.apply`'s default does)."""
+  if not settings.modes:
+    return []
   plain, plain_vars = transforms.rm_convert_jit(model, variables)
   problems = check_structure(plain, plain_vars)
   if problems:
     raise AssertionError("converted kernels lack their recorded structure:\n" + "\n".join(problems))
-  structured = any(getattr(layer, "structured", False) for layer in plain.layers)
   plain_vars = cast(plain_vars, settings.dtype)
-  return [
-    Network(
+  recorded = tuple(bool(getattr(layer, "structured", False)) for layer in plain.layers)
+  runs = {"dense": (False,) * len(recorded), "structured": recorded}
+  runs["auto"] = structured_choice(plain)
+  nets: dict[tuple[bool, ...], Network] = {}
+  # "auto" last: it is timed only if no other mode runs the same program.
+  for mode in sorted(settings.modes, key=lambda m: m == "auto"):
+    if (mode == "structured" and not any(recorded)) or runs[mode] in nets:
+      continue
+    nets[runs[mode]] = Network(
       f"{label} ({mode})",
       source.group,
       "plain",
@@ -114,17 +153,25 @@ def plain_forms(label: str, source: Network, model, variables, settings: Setting
       mode=mode,
       reference=source,
       model=plain,
+      default=runs[mode] == runs["auto"],
     )
-    for mode in settings.modes
-    if mode != "structured" or structured
-  ]
+  return list(nets.values())
 
 
-def rm_pair(model_name: str, residual_label: str, plain_label: str, **model_kwargs):
-  """A suite: a residual network and its RM plain form in every mode."""
+def rm_pair(
+  model_name: str,
+  residual_label: str,
+  plain_label: str | None,
+  imagenet: bool | None = None,
+  **model_kwargs,
+):
+  """A suite: a residual network and its RM plain form in every mode (none without a
+  `plain_label`); ImageNet's stem and classes if `imagenet` (default: by image size)."""
 
   def build_suite(settings: Settings) -> list[Network]:
-    model = settings.create(model_name, **model_kwargs)
+    model = settings.create(model_name, imagenet, **model_kwargs)
+    if plain_label is None:
+      return [residual(residual_label, model, settings)[0]]
     net, variables = residual(residual_label, model, settings)
     return [net, *plain_forms(plain_label, net, model, variables, settings)]
 
@@ -163,6 +210,45 @@ def tiny_resnet(settings: Settings | None = None) -> ResNet:
   )
 
 
+# Table 3's ImageNet speed column (imgs/s, V100, batch 128, 224x224) for the networks of the
+# `imagenet` suite: by group (the residual label), the role of the rows it describes (the
+# paper's RMNet rows are plain networks) and the number.
+PAPER_IMAGENET = {
+  "ResNet-50": ("baseline", 1252.1),
+  "RMNeXt-41x4_8": ("plain", 1460.4),
+  "RMNeXt-41x5_16": ("plain", 1185.8),
+  "ResNet-101": ("baseline", 729.9),
+  "RMNeXt-50x5_32": ("plain", 849.8),
+  "ResNet-152": ("baseline", 512.8),
+  "RMNeXt-50x6_32": ("plain", 713.8),
+  "RMNeXt-101x6_16": ("plain", 461.5),
+}
+PAPER_BASELINE = "ResNet-50"  # what Table 3's ratios are taken to
+
+
+def _rmnext(preset: str):
+  label = "RMNeXt-" + preset.removeprefix("rmnext")
+  return rm_pair(preset, label, f"{label} plain", imagenet=True)
+
+
+# Each ImageNet group is a suite of its own (bench.py --suites=resnet50,rmnext50x6_32), and
+# `imagenet` all of them, ResNet-50 (the baseline of Table 3's ratios) first, the deepest last.
+IMAGENET = {
+  "resnet50": rm_pair("resnet50", "ResNet-50", "RMNet-50", imagenet=True),
+  "rmnext41x4_8": _rmnext("rmnext41x4_8"),
+  "rmnext41x5_16": _rmnext("rmnext41x5_16"),
+  "rmnext50x5_32": _rmnext("rmnext50x5_32"),
+  "rmnext50x6_32": _rmnext("rmnext50x6_32"),
+  "resnet101": rm_pair("resnet101", "ResNet-101", None, imagenet=True),
+  "resnet152": rm_pair("resnet152", "ResNet-152", None, imagenet=True),
+  "rmnext101x6_16": _rmnext("rmnext101x6_16"),
+}
+
+
+def imagenet(settings: Settings) -> list[Network]:
+  return [net for build_suite in IMAGENET.values() for net in build_suite(settings)]
+
+
 def tiny(settings: Settings) -> list[Network]:
   model = tiny_resnet(settings)
   net, variables = residual("tiny ResNet", model, settings)
@@ -177,6 +263,8 @@ SUITES: dict[str, Callable[[Settings], list[Network]]] = {
   "rmnext26": rm_pair("rmnext26x3_32", "RMNeXt-26x3_32 (residual)", "RMNeXt-26x3_32 plain"),
   "resnet34": resnet34,
   "tiny": tiny,
+  **IMAGENET,
+  "imagenet": imagenet,
 }
 DEFAULT_SUITES = ("resnet18", "mobilenet", "repvgg", "rmnext26", "resnet34")
 
@@ -200,3 +288,15 @@ def build(
     progress(f"built {name} in {time.perf_counter() - start:.1f}s: {[n.name for n in built]}")
     networks += built
   return networks
+
+
+def select(networks: Sequence[Network], names: Sequence[str] | None) -> list[Network]:
+  """The networks named in `names` (all if None), in order; a name of none is a ValueError."""
+  if names is None:
+    return list(networks)
+  unknown = sorted(set(names) - {n.name for n in networks})
+  if unknown:
+    raise ValueError(
+      f"no network(s) {unknown} in the suites; they have: {[n.name for n in networks]}"
+    )
+  return [n for n in networks if n.name in names]

@@ -10,6 +10,10 @@ repeat, with the protocol of `rmjax.bench.measure`, taking turns with PyTorch re
 first step (before any update) is run apart: its loss, in both frameworks, shows that the two
 start from the same weights.
 
+`compute_dtype="bfloat16"` is mixed precision, the peer of PyTorch's AMP (`torch.autocast`):
+float32 parameters, BN statistics and optimizer state (the master weights), the forward and
+backward passes on bfloat16 casts of parameters and inputs, the loss in float32.
+
   >>> rows = run(suites.build(["tiny"]), batch_sizes=[8], protocol=measure.QUICK)
 """
 
@@ -25,7 +29,7 @@ import optax
 
 from rmjax.bench import torch_timing, torch_twins
 from rmjax.bench.measure import SPEED_KEYS, images, input_dtype, log, speeds, time_batches
-from rmjax.bench.suites import Network
+from rmjax.bench.suites import Network, cast
 from rmjax.models.plain import PlainNet
 
 LEARNING_RATE = 0.01
@@ -62,15 +66,20 @@ def optimizer() -> optax.GradientTransformation:
   )
 
 
-def sgd_step(model, tx: optax.GradientTransformation):
+def sgd_step(model, tx: optax.GradientTransformation, compute_dtype: str = "float32"):
   """`step(params, batch_stats, opt_state, x, labels) -> (params, batch_stats, opt_state,
-  loss)`, jitted, its first three arguments donated."""
+  loss)`, jitted, its first three arguments donated; the forward and backward passes in
+  `compute_dtype` (parameters and inputs cast to it; the gradients come back to float32)."""
 
   def step(params, batch_stats, opt_state, x, y):
     def loss_fn(params):
       logits, updates = model.apply(
-        {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        {"params": cast(params, compute_dtype), "batch_stats": batch_stats},
+        x.astype(compute_dtype),
+        train=True,
+        mutable=["batch_stats"],
       )
+      logits = logits.astype(jnp.float32)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
       return loss, updates["batch_stats"]
 
@@ -82,11 +91,15 @@ def sgd_step(model, tx: optax.GradientTransformation):
 
 
 def measure(
-  net: Network, batch: int, protocol, beside: Sequence[Callable[[int], object]] = ()
+  net: Network,
+  batch: int,
+  protocol,
+  beside: Sequence[Callable[[int], object]] = (),
+  compute_dtype: str = "float32",
 ) -> dict:
-  """rmjax's training step of `net` at `batch`: compile time, imgs/s (median, min, max,
-  repeats) and the first step's loss. `beside`: other `run(n)`s timed in turn with it
-  (`measure.time_batches`), their seconds per batch under "beside_seconds"."""
+  """rmjax's training step of `net` at `batch` in `compute_dtype`: compile time, imgs/s
+  (median, min, max, repeats) and the first step's loss. `beside`: other `run(n)`s timed in
+  turn with it (`measure.time_batches`), their seconds per batch under "beside_seconds"."""
   x = images(batch, net.image_size).astype(input_dtype(net))
   y = jnp.asarray(labels(batch, num_classes(net)))
   tx = optimizer()
@@ -94,7 +107,7 @@ def measure(
   params = jax.tree.map(jnp.copy, net.variables["params"])
   state = (params, jax.tree.map(jnp.copy, net.variables["batch_stats"]), tx.init(params))
   start = time.perf_counter()
-  compiled = sgd_step(net.model, tx).lower(*state, x, y).compile()
+  compiled = sgd_step(net.model, tx, compute_dtype).lower(*state, x, y).compile()
   compile_s = time.perf_counter() - start
   *state, loss = compiled(*state, x, y)
   first_loss = float(loss)
@@ -111,6 +124,7 @@ def measure(
     "group": net.group,
     "batch_size": batch,
     "image_size": net.image_size,
+    "compute_dtype": compute_dtype,
     "compile_seconds": compile_s,
     "first_loss": first_loss,
     **speeds("", batch, mine),
@@ -123,19 +137,21 @@ def run(
   *,
   batch_sizes: Sequence[int],
   protocol,
-  torch: bool = False,
-  channels_last: bool = False,
+  torch: torch_timing.Options | None = None,
+  compute_dtype: str = "float32",
   progress: Callable[[str], None] = log,
+  on_row: Callable[[list[dict]], None] = lambda rows: None,
 ) -> list[dict]:
-  """A row per trainable network (`trainable`) and batch size: rmjax's step and, with
-  `torch`, its twin's, timed in turn with it (`torch_train_imgs_per_sec`, `torch_ratio` =
-  rmjax / PyTorch, `torch_first_loss`, `first_loss_diff`); None in those without a twin."""
+  """A row per trainable network (`trainable`) and batch size, in `compute_dtype`: rmjax's
+  step and, with `torch` options, its twin's (AMP for bfloat16), timed in turn with it
+  (`torch_train_imgs_per_sec`, `torch_ratio` = rmjax / PyTorch, `torch_first_loss`,
+  `first_loss_diff`); None in those without a twin. `on_row(rows so far)` after each row."""
   nets = trainable(networks)
   rows, total, start = [], len(nets) * len(batch_sizes), time.perf_counter()
   for batch in batch_sizes:
     for net in nets:
       twin = None
-      if torch and torch_twins.supports(net.model):
+      if torch is not None and torch_twins.supports(net.model):
         twin = torch_timing.training(
           net,
           np.asarray(images(batch, net.image_size)),
@@ -143,9 +159,10 @@ def run(
           learning_rate=LEARNING_RATE,
           momentum=MOMENTUM,
           weight_decay=WEIGHT_DECAY,
-          channels_last=channels_last,
+          options=torch,
+          compute_dtype=compute_dtype,
         )
-      row = measure(net, batch, protocol, beside=[twin[0]] if twin else [])
+      row = measure(net, batch, protocol, [twin[0]] if twin else [], compute_dtype)
       torch_seconds = row.pop("beside_seconds")
       row.update({f"torch_train_{k}": None for k in SPEED_KEYS})
       row.update(torch_ratio=None, torch_first_loss=None, first_loss_diff=None)
@@ -161,6 +178,7 @@ def run(
           f"{row['first_loss']:.4f} / {twin[1]:.4f}"
         )
       rows.append(row)
+      on_row(rows)
       progress(
         f"[train {len(rows)}/{total} {time.perf_counter() - start:.0f}s] {net.name}, batch "
         f"{batch}: compiled in {row['compile_seconds']:.1f}s, {line}"

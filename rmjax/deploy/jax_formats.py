@@ -18,6 +18,7 @@ TensorFlow is imported only by the SavedModel functions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -33,7 +34,8 @@ SIGNATURE = "serving_default"  # the SavedModel's signature: images -> {"logits"
 
 def _forward(plain: PlainNet, variables) -> Callable:
   variables = jax.device_get(variables)
-  return lambda images: plain.apply(variables, images)
+  # Dense: the canonical form, the same program for every platform it is exported for.
+  return lambda images: plain.apply(variables, images, structured=False)
 
 
 def export_stablehlo(
@@ -87,7 +89,7 @@ def export_savedmodel(
   module._variables = tf.nest.flatten(params)
   dims = ", ".join(str(d) for d in input_shape)
   forward = jax2tf.convert(
-    plain.apply,
+    functools.partial(plain.apply, structured=False),
     polymorphic_shapes=[None, f"(batch, {dims})"],
     with_gradient=False,
     native_serialization_platforms=tuple(platforms),

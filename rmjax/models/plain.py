@@ -27,7 +27,7 @@ from jax import lax
 # The Flax layer (an `nn.Conv` drop-in with fast CPU formulations) that runs a plain `Conv`.
 from rmjax.models.conv import Conv as ConvLayer
 from rmjax.models.squeeze_excite import SqueezeExcitation
-from rmjax.models.structured import StructuredConv
+from rmjax.models.structured import StructuredConv, runs_structured
 
 # `Conv.padding` of TensorFlow's "SAME": computed from the input's size when applied.
 SAME = "same"
@@ -308,11 +308,15 @@ class PlainNet(nn.Module):
   layers: tuple[Layer, ...]
 
   @nn.compact
-  def __call__(self, x, train: bool = False, *, structured: bool = False):
+  def __call__(self, x, train: bool = False, *, structured: bool | None = None):
     """`structured=True` runs the convs with recorded Dirac structure as conv + copies + adds
-    (`rmjax.models.structured`): the same function without multiplying the zeros."""
+    (`rmjax.models.structured`): the same function without multiplying the zeros; `False`
+    runs every conv dense. `None` (the default) picks per conv what is faster on the platform
+    (`structured.runs_structured`); dense when training."""
+    platform = jax.default_backend()
     for i, layer in enumerate(self.layers):
-      if structured and isinstance(layer, Conv) and layer.structured:
+      auto = structured is None and not train and runs_structured(layer, platform)
+      if auto or (structured and isinstance(layer, Conv) and layer.structured):
         x = StructuredConv(layer, name=f"layers_{i}")(x)
       else:
         x = layer(x, train=train, name=f"layers_{i}")

@@ -16,6 +16,9 @@ then concatenates: the network stays single-path, one tensor between layers.
 
 Exact as long as the kernel still has the recorded zeros; training a plain network fills them
 in, and `check_structure(plain, variables)` says whether they are there.
+
+`plain.apply(variables, x)` (`structured=None`) runs each conv in the form `runs_structured`
+picks for the platform: the rule and the measurements behind it are in its docstring.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -100,6 +104,94 @@ def plan(spec) -> Plan:
     main_groups = g - r // out_per_group if g > 1 else 1
     return Plan(main_in, cout - r, main_groups, c, outs, sources, taps)
   return Plan(cin - m, cout, 1, c)
+
+
+def saving(spec) -> float:
+  """The fraction of a plain conv's multiply-adds that structured execution skips (0 for a conv
+  without recorded structure): the same at every spatial size, as both forms compute every
+  output position. A copy costs one multiply per value, an identity add one per value.
+
+    >>> saving(Conv(64, 128, 3, padding=1, reserved=64))      # 1 - (9*64*64 + 64) / (9*64*128)
+    0.4991...
+  """
+  if not getattr(spec, "structured", False):
+    return 0.0
+  p = plan(spec)
+  taps = spec.kernel_size**2
+  dense = taps * (spec.in_features // spec.groups) * spec.out_features
+  if spec.reserved:
+    kept = taps * (p.main_in // p.main_groups) * p.main_out + spec.reserved
+  else:
+    m = spec.merged
+    shortcut = m if spec.merged_identity else m * spec.out_features
+    kept = taps * p.main_in * spec.out_features + shortcut
+  return 1.0 - kept / dense
+
+
+def kind(spec) -> str:
+  """The layer kind `runs_structured` keys on: "depthwise" (one input channel per group),
+  "grouped" (several groups of several channels), "pointwise" (1x1, one group) or "dense"."""
+  if spec.groups == 1:
+    return "pointwise" if spec.kernel_size == 1 else "dense"
+  return "depthwise" if spec.in_features == spec.groups else "grouped"
+
+
+# The least `saving` at which `plain.apply` runs a conv structured by default, by platform and
+# `kind` (None: never). See `runs_structured` for the measurements behind each number.
+MIN_SAVING: dict[str, dict[str, float | None]] = {
+  "cpu": {"pointwise": 0.0, "dense": 0.0, "grouped": 0.0, "depthwise": 0.0},
+  "gpu": {"pointwise": 0.6, "dense": 0.6, "grouped": 0.6, "depthwise": 0.0},
+}
+
+
+def runs_structured(spec, platform: str) -> bool:
+  """Whether `PlainNet` runs the conv `spec` structured when `structured=None` (its default) on
+  `platform` ("cpu", "gpu", ...; `jax.default_backend()`): where it has recorded structure,
+  skips more than nothing, and skips at least `MIN_SAVING[platform][kind(spec)]` of its
+  multiply-adds (`saving`). Other platforms (no measurements) run dense, the canonical form.
+  The choice is per conv: both forms compute the same tensor, so they mix freely.
+
+  Measured basis (batch 128 unless said; whole networks, dense vs structured forms; the
+  per-conv savings are `saving` of the converted presets):
+
+  - CPU (docs/benchmarks.md, sections `cpu` and `cpu-torch`, 2-core Xeon, jax 0.10.2, 32x32):
+    structured is faster or equal for every kind — RMNet-18 (dense convs, savings 0.30–0.50)
+    1.00x vs 0.43x of ResNet-18; MobileNetV1 (depthwise, 0.22) 1.68x vs 1.55x; RMNeXt-26x3_32
+    (dense and grouped, 0.20–0.33) 1.02x vs 0.87x (0.80x vs 0.79x in `cpu-torch`). Hence 0:
+    any saving. Known exception: at batch 1 the dense form wins for RMNet-18 (0.94x vs 0.79x)
+    and RMNeXt-26 (0.48x vs 0.42x), where slicing the kernels' learned parts at every call
+    outweighs the multiply-adds saved. Conv by conv, each alone (2-core AMD EPYC, shared,
+    2026-12-04: `bench.py --suites=rmnext26,resnet18 --modes=dense --noinference
+    --layer_timings --notorch`), structured / dense time is 0.50–0.96 for RMNet-18's 3x3
+    convs and 0.71–0.88 for RMNeXt-26's grouped ones, but 0.73–2.05 for its 1x1 convs (slower
+    at 32x32 and 16x16); yet RMNeXt-26 whole, its 1x1 convs dense and the rest structured, was
+    no faster than all structured (33.4 vs 35.5 imgs/s, dense 36.2; a noisy run): fusion
+    changes the balance, so the CPU keeps 0 for 1x1 ("pointwise") convs too.
+  - GPU (NVIDIA H200, jax 0.11.2): at 224x224, RMNet-50 (dense and grouped convs, savings
+    0.66–0.80 but for its first block's 0.49–0.50) runs at 0.99x of ResNet-50 structured and
+    0.61x dense (issue 22); at 32x32 (docs/benchmarks.md, section `gpu`) RMNeXt-26x3_32
+    (0.20–0.33) runs faster dense (1.24x vs 0.97x of its residual network), RMNet-18
+    (0.30–0.50) about as fast either way (1.25x dense, 1.31x structured; 1.33x vs 0.99x at
+    batch 32), and MobileNetV1 (depthwise, 0.22) faster structured at every batch size (1.71x
+    vs 1.43x). Hence 0.6 for dense, 1x1 and grouped convs, 0 for depthwise ones.
+    `scripts/gpu_checks.sh` measures every ImageNet plain network of Table 3 in both forms and
+    conv by conv (docs/benchmarks.md, sections `gpu-imagenet`, `gpu-layers`), to set these.
+
+  Training (`train=True`) always runs dense: structured execution would give the recorded zeros
+  no gradient, and training is what fills them in.
+  """
+  if not getattr(spec, "structured", False):
+    return False
+  threshold = MIN_SAVING.get(platform, {}).get(kind(spec))
+  s = saving(spec)
+  return threshold is not None and s > 0 and s >= threshold
+
+
+def structured_choice(plain, platform: str | None = None) -> tuple[bool, ...]:
+  """Per layer of `plain`, whether `plain.apply(..., structured=None)` runs it structured on
+  `platform` (default: `jax.default_backend()`)."""
+  platform = platform or jax.default_backend()
+  return tuple(runs_structured(layer, platform) for layer in plain.layers)
 
 
 class StructuredConv(nn.Module):
