@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmjax import atomic, data, deploy, plain_io, run, transforms, verify
+from rmjax import atomic, data, deploy, integrity, plain_io, run, transforms, verify
 from rmjax.cost import count_macs, count_params
 
 
@@ -172,8 +172,19 @@ def _stage_exports(formats, plain, plain_vars, input_shape, images, staging, rep
         f"the {fmt} export differs from the plain network by {c['max_abs_diff']:.3g} (allowed "
         f"{verify.bound(c, report['tolerance']):.3g}); nothing was written"
       )
-    staged.append((tmp, final))
+    staged += _with_digest(tmp, final)
   return staged
+
+
+def _with_digest(tmp: str, final: str) -> list[tuple[str, str]]:
+  """`(staged, final)` pairs of an artefact and, for a file, the digest beside it; an exporter
+  that wrote no digest gets one here, so that every artefact carries one (`rmjax.integrity`)."""
+  digest = integrity.digest_file(tmp)
+  if not os.path.exists(digest):
+    integrity.seal(tmp)
+  if os.path.isfile(tmp):  # the digest is a file beside it, not inside it
+    return [(tmp, final), (digest, integrity.digest_file(final))]
+  return [(tmp, final)]
 
 
 def check_writable(plain_dir: str, overwrite: bool, exports: tuple[str, ...] = ()) -> None:

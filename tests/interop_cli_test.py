@@ -46,6 +46,7 @@ def test_import_convert_and_export(capsys, tmp_path, weights):
     "plain.onnx",
     "plain.savedmodel",
     "plain.stablehlo",
+    "plain.stablehlo.sha256",  # its digest (rmjax.integrity); the directories hold theirs
     "r18.safetensors",
   ]
   plain, variables = rmjax.load_plain(str(plain_dir))
