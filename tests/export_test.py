@@ -178,6 +178,17 @@ def test_flipped_bytes_in_a_checkpoint_are_refused(run_dir, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["run"]  # no PLAIN, nothing half-written
 
 
+def test_resuming_refuses_a_damaged_checkpoint(run_dir, tmp_path):
+  """The training loop checks the digest too, and says which step to delete."""
+  workdir = copy_run(run_dir, tmp_path)
+  data_file = array_data_files(os.path.join(workdir, "checkpoints", "200"))[-1]
+  flip_byte(data_file, os.path.getsize(data_file) // 3)
+  config = tiny_config(num_train_steps=300, checkpoint_every_steps=100)
+  with pytest.raises(ValueError, match=f"{data_file} is damaged.*steps \\[100\\] remain"):
+    train.train_and_evaluate(config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["100", "200"]
+
+
 def test_non_finite_weights_are_named_before_any_conversion(run_dir, tmp_path):
   workdir = copy_run(run_dir, tmp_path)
   mngr = checkpoint.manager(workdir)
