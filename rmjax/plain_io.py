@@ -149,16 +149,16 @@ def load_plain(path: str):
       have the shapes plain.json implies.
   """
   path = os.path.abspath(path)
-  if os.path.exists(os.path.join(path, ARCH_FILE)):
-    try:  # before anything is parsed: a damaged plain.json could still be valid JSON
+  variables_dir = os.path.join(path, VARIABLES_DIR)
+  if os.path.isfile(os.path.join(path, ARCH_FILE)):  # else read_arch says what `path` is
+    if not os.path.isdir(variables_dir):
+      raise PlainFormatError(f"{path} has no {VARIABLES_DIR}/ directory: the write was incomplete")
+    try:  # before anything is parsed: a damaged plain.json can still be valid JSON
       integrity.check(path)
     except integrity.DigestError as e:
       raise PlainFormatError(f"{path} cannot be used: {e}") from None
   arch = read_arch(path)
   plain = plain_layers.PlainNet(layers_from_json(arch["layers"]))
-  variables_dir = os.path.join(path, VARIABLES_DIR)
-  if not os.path.isdir(variables_dir):
-    raise PlainFormatError(f"{path} has no {VARIABLES_DIR}/ directory: the write was incomplete")
   try:
     target = abstract_variables(plain, tuple(arch["input_shape"]))
   except Exception as e:  # flax asserts on inconsistent widths

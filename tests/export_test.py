@@ -285,6 +285,9 @@ def test_damaged_plain_directory_is_named(run_dir, tmp_path):
   arch["layers"][0]["out_features"] += 1
   with open(arch_file, "w") as f:
     json.dump(arch, f)
+  with pytest.raises(plain_io.PlainFormatError, match=f"{arch_file} is damaged"):
+    rmjax.load_plain(plain_dir)
+  os.remove(os.path.join(plain_dir, "SHA256SUMS"))  # as written before digests: shapes checked
   with pytest.raises(plain_io.PlainFormatError, match="cannot be restored"):
     rmjax.load_plain(plain_dir)
   shutil.rmtree(os.path.join(plain_dir, "variables"))
