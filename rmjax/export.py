@@ -177,13 +177,10 @@ def _stage_exports(formats, plain, plain_vars, input_shape, images, staging, rep
 
 
 def _with_digest(tmp: str, final: str) -> list[tuple[str, str]]:
-  """`(staged, final)` pairs of an artefact and, for a file, the digest beside it; an exporter
-  that wrote no digest gets one here, so that every artefact carries one (`rmjax.integrity`)."""
-  digest = integrity.digest_file(tmp)
-  if not os.path.exists(digest):
-    integrity.seal(tmp)
-  if os.path.isfile(tmp):  # the digest is a file beside it, not inside it
-    return [(tmp, final), (digest, integrity.digest_file(final))]
+  """`(staged, final)` pairs of an artefact and, for a file, of the digest beside it (a
+  directory holds its own; `rmjax.integrity`)."""
+  if os.path.isfile(tmp):
+    return [(tmp, final), (integrity.digest_file(tmp), integrity.digest_file(final))]
   return [(tmp, final)]
 
 

@@ -1,5 +1,5 @@
 """rmjax.deploy.jax_formats: the StableHLO and SavedModel artefacts reload and compute what the
-plain network computes, at any batch size; a damaged one is refused (its digest)."""
+plain network computes, at any batch size."""
 
 import os
 import re
@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from rmjax import deploy, integrity
+from rmjax import deploy
 from rmjax.deploy import jax_formats
 from rmjax.models.plain import (
   BatchNorm,
@@ -21,7 +21,7 @@ from rmjax.models.plain import (
   PReLU,
   ReLU,
 )
-from rmjax.testing import flip_byte, random_variables
+from rmjax.testing import random_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (16, 16, 3)
@@ -61,7 +61,7 @@ def test_stablehlo_round_trip(network, tmp_path):
   variables, want = network
   path = str(tmp_path / "net.stablehlo")
   jax_formats.export_stablehlo(PLAIN, variables, SHAPE, path)
-  assert sorted(os.listdir(tmp_path)) == ["net.stablehlo", "net.stablehlo.sha256"]  # its digest
+  assert os.listdir(tmp_path) == ["net.stablehlo"]
   with open(path, "rb") as f:
     exported = jax.export.deserialize(f.read())
   assert str(exported.in_avals[0].shape[0]) == "batch"  # symbolic
@@ -72,9 +72,6 @@ def test_stablehlo_round_trip(network, tmp_path):
     got = np.asarray(load(x))
     print(f"stablehlo batch {len(x)}: max |diff| {np.max(np.abs(got - want(x))):.3g}")
     chex.assert_trees_all_close(got, want(x), atol=1e-5, rtol=0)
-  flip_byte(path, os.path.getsize(path) // 2)
-  with pytest.raises(integrity.DigestError, match=f"{path} is damaged"):
-    jax_formats.load_stablehlo(path)
 
 
 def test_docs_loader_example_runs(network, tmp_path):
@@ -100,10 +97,9 @@ def test_savedmodel_round_trip_and_tflite(network, tmp_path):
   jax_formats.export_savedmodel(PLAIN, variables, SHAPE, path)
   jax_formats.export_savedmodel(PLAIN, variables, SHAPE, path)  # replaces it
   assert os.listdir(tmp_path) == ["net.savedmodel"]
-  assert "SHA256SUMS" in os.listdir(path)
-  serve = jax_formats.load_savedmodel(path)
+  serve = tf.saved_model.load(path).signatures["serving_default"]
   for x in batches():
-    got = serve(x)
+    got = serve(images=tf.constant(x))["logits"].numpy()
     print(f"savedmodel batch {len(x)}: max |diff| {np.max(np.abs(got - want(x))):.3g}")
     chex.assert_trees_all_close(got, want(x), atol=1e-5, rtol=0)
   # Convertible to TFLite with builtin ops only.
@@ -117,10 +113,6 @@ def test_savedmodel_round_trip_and_tflite(network, tmp_path):
   got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
   print(f"tflite batch {len(x)}: max |diff| {np.max(np.abs(got - want(x))):.3g}")
   chex.assert_trees_all_close(got, want(x), atol=1e-4, rtol=0)
-  weights = os.path.join(path, "variables", "variables.data-00000-of-00001")
-  flip_byte(weights, os.path.getsize(weights) // 2)
-  with pytest.raises(integrity.DigestError, match=f"{weights} is damaged"):
-    jax_formats.load_savedmodel(path)
 
 
 def test_artefacts_sit_next_to_plain():

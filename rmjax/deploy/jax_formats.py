@@ -11,10 +11,8 @@ SavedModel (`jax2tf`). `python convert.py ... --export stablehlo,savedmodel` wri
 
 Both bake the weights in, take any batch size (the batch dimension is symbolic, the image shape
 fixed) and are lowered for CPU, CUDA and TPU. Both are written atomically (a temporary sibling
-renamed into place) with a SHA-256 digest (`net.stablehlo.sha256`, `net.savedmodel/SHA256SUMS`;
-`rmjax.integrity`) that the loaders here check. The SavedModel holds the network as one
-XlaCallModule op (jax2tf's native serialization): TF Serving runs it, and
-`tf.lite.TFLiteConverter.from_saved_model` converts it.
+renamed into place). The SavedModel holds the network as one XlaCallModule op (jax2tf's native
+serialization): TF Serving runs it, and `tf.lite.TFLiteConverter.from_saved_model` converts it.
 TensorFlow is imported only by the SavedModel functions.
 """
 
@@ -26,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmjax import atomic, integrity
+from rmjax import atomic
 from rmjax.models.plain import PlainNet
 
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -56,16 +54,10 @@ def export_stablehlo(
   spec = jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32)
   exported = jax.export.export(jax.jit(_forward(plain, variables)), platforms=platforms)(spec)
   atomic.write_bytes(path, exported.serialize())
-  integrity.seal(path)
 
 
 def load_stablehlo(path: str) -> Callable:
-  """The function a `.stablehlo` artefact holds: NHWC float32 images -> logits.
-
-  Raises:
-    integrity.DigestError: the file differs from its digest (`PATH.sha256`).
-  """
-  integrity.check(path)
+  """The function a `.stablehlo` artefact holds: NHWC float32 images -> logits."""
   with open(path, "rb") as f:
     return jax.export.deserialize(bytearray(f.read())).call
 
@@ -111,17 +103,11 @@ def export_savedmodel(
   module.serve = serve
   with atomic.staged_dir(path) as tmp:
     tf.saved_model.save(module, tmp, signatures={SIGNATURE: serve})
-    integrity.seal(tmp)
 
 
 def load_savedmodel(path: str) -> Callable:
-  """The function a SavedModel written by `export_savedmodel` serves: images -> logits.
-
-  Raises:
-    integrity.DigestError: a file differs from the digest (`PATH/SHA256SUMS`).
-  """
+  """The function a SavedModel written by `export_savedmodel` serves: images -> logits."""
   import tensorflow as tf
 
-  integrity.check(path)
   serve = tf.saved_model.load(path).signatures[SIGNATURE]
   return lambda images: serve(images=tf.constant(np.asarray(images, np.float32)))["logits"].numpy()
