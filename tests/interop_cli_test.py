@@ -44,9 +44,10 @@ def test_import_convert_and_export(capsys, tmp_path, weights):
   assert sorted(os.listdir(tmp_path)) == [
     "plain",
     "plain.onnx",
+    "plain.onnx.sha256",  # the files' digests (rmjax.integrity); the directories hold theirs
     "plain.savedmodel",
     "plain.stablehlo",
-    "plain.stablehlo.sha256",  # its digest (rmjax.integrity); the directories hold theirs
+    "plain.stablehlo.sha256",
     "r18.safetensors",
   ]
   plain, variables = rmjax.load_plain(str(plain_dir))
