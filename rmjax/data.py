@@ -252,12 +252,29 @@ def _prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuild
   if name == "fashion_mnist_small":
     return fashion_mnist_small.prepare(data_dir)  # From package data: cannot fail offline.
   builder = tfds.builder(name, data_dir=data_dir)
+  # What `builder.is_prepared()` checks, without its warning about a missing folder.
+  if os.path.exists(os.path.join(os.fspath(builder.data_dir), "dataset_info.json")):
+    return builder
+  root = os.fspath(builder.data_dir_root)
+  before = _directories(root)
   try:
-    builder.download_and_prepare()  # A no-op when prepared.
+    builder.download_and_prepare()
   except Exception as e:  # tfds raises anything from AssertionError to OSError here.
+    # tfds makes its folders (downloads/, <name>/) before it finds it cannot fill them.
+    _remove_new_empty_directories(root, before)
     # `from None`: the message carries the cause; a tfds traceback would bury it.
     raise DatasetNotFoundError(_not_found_message(name, builder, e)) from None
   return builder
+
+
+def _directories(root: str) -> set[str]:
+  return {folder for folder, _, _ in os.walk(root)}
+
+
+def _remove_new_empty_directories(root: str, before: set[str]) -> None:
+  for folder, _, _ in os.walk(root, topdown=False):  # children first: a parent may empty
+    if folder not in before and not os.listdir(folder):
+      os.rmdir(folder)
 
 
 def _not_found_message(name: str, builder, cause: Exception) -> str:

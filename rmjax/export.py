@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmjax import atomic, data, deploy, plain_io, run, transforms, verify
+from rmjax import atomic, data, deploy, integrity, plain_io, run, transforms, verify
 from rmjax.cost import count_macs, count_params
 
 
@@ -176,8 +176,16 @@ def _stage_exports(formats, plain, plain_vars, input_shape, images, staging, rep
         f"the {fmt} export differs from the plain network by {c['max_abs_diff']:.3g} (allowed "
         f"{verify.bound(c, report['tolerance']):.3g}); nothing was written"
       )
-    staged.append((tmp, final))
+    staged += _with_digest(tmp, final)
   return staged
+
+
+def _with_digest(tmp: str, final: str) -> list[tuple[str, str]]:
+  """`(staged, final)` pairs of an artefact and, for a file, of the digest beside it (a
+  directory holds its own; `rmjax.integrity`)."""
+  if os.path.isfile(tmp):
+    return [(tmp, final), (integrity.digest_file(tmp), integrity.digest_file(final))]
+  return [(tmp, final)]
 
 
 def check_writable(plain_dir: str, overwrite: bool, exports: tuple[str, ...] = ()) -> None:

@@ -3,7 +3,8 @@
 A PLAIN directory holds
   plain.json     the architecture: format version, the layer specs (`PlainNet.layers`, one JSON
                  object per layer), the input shape, and where it came from (model, checkpoint);
-  variables/     the variables (orbax), restored against shapes derived from plain.json.
+  variables/     the variables (orbax), restored against shapes derived from plain.json;
+  SHA256SUMS     the SHA-256 of every file (`sha256sum -c SHA256SUMS` checks it by hand).
 
 So a plain network loads without the config or code of the model it was converted from:
 
@@ -11,7 +12,8 @@ So a plain network loads without the config or code of the model it was converte
   >>> logits = plain.apply(variables, x)
 
 Writing is atomic: everything goes to a temporary sibling directory that is renamed into place
-only when complete, so an interrupted or failed write leaves no `dir` behind.
+only when complete, so an interrupted or failed write leaves no `dir` behind. Loading checks
+SHA256SUMS first (`rmjax.integrity`) and refuses a damaged directory, and weights with NaN or inf.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from rmjax import atomic
+from rmjax import atomic, integrity
 from rmjax.models import plain as plain_layers
 
 FORMAT = "rmjax.plain/1"
@@ -109,6 +111,7 @@ def save_plain(
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(tmp, VARIABLES_DIR), jax.device_get(variables))
     checkpointer.wait_until_finished()
+    integrity.seal(tmp)  # SHA256SUMS over plain.json and variables/, before it is published
 
 
 def read_arch(path: str) -> dict[str, Any]:
@@ -141,15 +144,21 @@ def load_plain(path: str):
   """`(PlainNet, variables)` from a directory written by `save_plain` / `convert.py`.
 
   Raises:
-    PlainFormatError (a ValueError): the directory is missing, is not a plain network, or its
-      variables are missing, truncated or do not have the shapes plain.json implies.
+    PlainFormatError (a ValueError): the directory is missing, is not a plain network, differs
+      from its digest (SHA256SUMS), or its variables are missing, truncated, not finite or do not
+      have the shapes plain.json implies.
   """
   path = os.path.abspath(path)
+  variables_dir = os.path.join(path, VARIABLES_DIR)
+  if os.path.isfile(os.path.join(path, ARCH_FILE)):  # else read_arch says what `path` is
+    if not os.path.isdir(variables_dir):
+      raise PlainFormatError(f"{path} has no {VARIABLES_DIR}/ directory: the write was incomplete")
+    try:  # before anything is parsed: a damaged plain.json can still be valid JSON
+      integrity.check(path)
+    except integrity.DigestError as e:
+      raise PlainFormatError(f"{path} cannot be used: {e}") from None
   arch = read_arch(path)
   plain = plain_layers.PlainNet(layers_from_json(arch["layers"]))
-  variables_dir = os.path.join(path, VARIABLES_DIR)
-  if not os.path.isdir(variables_dir):
-    raise PlainFormatError(f"{path} has no {VARIABLES_DIR}/ directory: the write was incomplete")
   try:
     target = abstract_variables(plain, tuple(arch["input_shape"]))
   except Exception as e:  # flax asserts on inconsistent widths
@@ -172,6 +181,10 @@ def load_plain(path: str):
       f"the variables in {variables_dir} cannot be restored for the layers of {ARCH_FILE} "
       f"({problem})"
     )
+  try:
+    integrity.check_finite(variables, path)
+  except integrity.NonFiniteError as e:
+    raise PlainFormatError(str(e)) from None
   return plain, variables
 
 

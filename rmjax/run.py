@@ -18,9 +18,8 @@ import os
 from typing import Any
 
 import ml_collections
-import orbax.checkpoint as ocp
 
-from rmjax import checkpoint, data, interop, models, plain_io, transforms
+from rmjax import checkpoint, data, integrity, interop, models, plain_io, transforms
 from rmjax.models.plain import Conv, PlainNet
 
 
@@ -91,24 +90,7 @@ def load_run(path: str) -> Run:
     model = create_model(config, info.num_classes)
   except (ValueError, KeyError, AttributeError) as e:
     raise RunError(f"the config saved in {workdir} does not build a model: {e}") from None
-  mngr = checkpoint.manager(workdir)
-  steps = mngr.all_steps()
-  if not steps:
-    raise RunError(f"{workdir} has no checkpoint yet (no {workdir}/checkpoints/<step>/)")
-  step = max(steps) if step is None else step
-  if step not in steps:
-    raise RunError(f"{workdir} has no complete checkpoint of step {step}; it has {steps}")
-  try:
-    # No target: the raw arrays, then checked against the model (check_variables names paths).
-    state = mngr.restore(step, args=ocp.args.StandardRestore())
-  except Exception as e:  # orbax raises many types for a damaged checkpoint
-    first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise RunError(
-      f"the checkpoint {workdir}/checkpoints/{step} cannot be read (corrupt or truncated?): {first}"
-    ) from None
-  if not isinstance(state, dict) or "params" not in state:
-    raise RunError(f"the checkpoint {workdir}/checkpoints/{step} holds no params")
-  variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+  step, variables = _restore_variables(workdir, step)
   try:
     transforms.check_variables(model, variables)
   except ValueError as e:
@@ -116,8 +98,35 @@ def load_run(path: str) -> Run:
       f"the checkpoint of step {step} does not match the model its config describes "
       f"({config.model}): {e}"
     ) from None
+  try:
+    integrity.check_finite(variables, f"the checkpoint {workdir}/checkpoints/{step}")
+  except integrity.NonFiniteError as e:
+    raise RunError(str(e)) from None
   size = config.get("image_size") or info.image_size
   return Run(workdir, step, config, model, variables, (size, size, info.channels))
+
+
+def _restore_variables(workdir: str, step: int | None) -> tuple[int, dict]:
+  """`(step, {"params", "batch_stats"})` of the checkpoint at `step` (None: the latest), on one
+  device whatever devices saved it, checked against its digest."""
+  mngr = checkpoint.manager(workdir, create=False)  # reading creates nothing in the workdir
+  try:
+    steps = mngr.all_steps()
+    if not steps:
+      raise RunError(f"{workdir} has no checkpoint yet (no {workdir}/checkpoints/<step>/)")
+    step = max(steps) if step is None else step
+    if step not in steps:
+      raise RunError(f"{workdir} has no complete checkpoint of step {step}; it has {steps}")
+    try:
+      # The raw arrays, then checked against the model (check_variables names paths).
+      state = checkpoint.restore_on_one_device(mngr, step)
+    except checkpoint.CheckpointError as e:
+      raise RunError(str(e)) from None
+  finally:
+    mngr.close()
+  if not isinstance(state, dict) or "params" not in state:
+    raise RunError(f"the checkpoint {workdir}/checkpoints/{step} holds no params")
+  return step, {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
 
 
 def load_imported(
@@ -133,6 +142,10 @@ def load_imported(
     else:
       imported, framework = interop.import_keras(path), "keras"
   except interop.WeightImportError as e:
+    raise RunError(str(e)) from None
+  try:
+    integrity.check_finite(imported.variables, path)
+  except integrity.NonFiniteError as e:
     raise RunError(str(e)) from None
   if input_size is not None:
     if input_size < 32:

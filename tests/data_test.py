@@ -4,6 +4,7 @@ shares, and (with tfds' mock data) the CIFAR and ImageNet preprocessing."""
 import hashlib
 import importlib.resources
 import itertools
+import os
 import subprocess
 import sys
 
@@ -225,6 +226,7 @@ def test_missing_imagenet_says_where_the_manual_files_go(tmp_path):
     message = str(error.value)
     assert "downloads/manual" in message and str(tmp_path) in message
     assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
+    assert os.listdir(tmp_path) == []  # tfds's empty downloads/ and imagenet2012/ are removed
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 way that can fail."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -12,12 +13,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from train_config import tiny_config
 
 import rmjax
-from rmjax import data, evaluation, export, plain_io, run, train
-from rmjax.testing import eval_logits
+from rmjax import checkpoint, data, evaluation, export, plain_io, run, train
+from rmjax.testing import array_data_files, eval_logits, flip_byte
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,18 +123,96 @@ def test_missing_and_empty_checkpoint(tmp_path):
   (tmp_path / "fresh" / "config.json").write_text(tiny_config().to_json())
   with pytest.raises(run.RunError, match="has no checkpoint yet"):
     run.load_run(str(tmp_path / "fresh"))
+  assert os.listdir(tmp_path / "fresh") == ["config.json"]  # reading made no checkpoints/
 
 
-def test_corrupt_checkpoint(run_dir, tmp_path):
+def test_corrupt_checkpoint(run_dir, tmp_path, monkeypatch):
   workdir = copy_run(run_dir, tmp_path)
   step_dir = os.path.join(workdir, "checkpoints", "200")
-  for root, _, files in os.walk(step_dir):
-    for name in files:
-      if "ocdbt" in root or name.startswith("d"):
-        with open(os.path.join(root, name), "r+b") as f:
-          f.truncate(max(os.path.getsize(os.path.join(root, name)) // 3, 1))
-  with pytest.raises(run.RunError, match="cannot be read"):
+  for path in array_data_files(step_dir):
+    with open(path, "r+b") as f:
+      f.truncate(max(os.path.getsize(path) // 3, 1))
+  reads = []
+  orbax_restore = ocp.StandardCheckpointHandler.restore
+  monkeypatch.setattr(
+    ocp.StandardCheckpointHandler,
+    "restore",
+    lambda self, *args, **kwargs: reads.append(args) or orbax_restore(self, *args, **kwargs),
+  )
+  with pytest.raises(run.RunError, match=f"the checkpoint {step_dir} cannot be restored: .* is "):
     run.load_run(workdir)
+  # Refused before orbax reads a byte: orbax's reads of a damaged checkpoint failed with reads
+  # left pending, each printed later as a 75-line "Exception ignored in: <coroutine ...>".
+  assert reads == []
+
+
+def test_flipped_bytes_in_a_checkpoint_are_refused(run_dir, tmp_path):
+  workdir = copy_run(run_dir, tmp_path)
+  files = array_data_files(os.path.join(workdir, "checkpoints", "200"))
+  for data_file in files[-2:]:
+    size = os.path.getsize(data_file)
+    for offset in sorted({0, size // 5, size // 2, 4 * size // 5, size - 1}):
+      flip_byte(data_file, offset)
+      with pytest.raises(run.RunError, match=f"{data_file} is damaged") as e:
+        run.load_run(workdir)
+      assert "\n" not in str(e.value) and "Delete" in str(e.value)
+      flip_byte(data_file, offset)
+  flip_byte(files[-1], os.path.getsize(files[-1]) // 2)
+  plain_dir = str(tmp_path / "plain")
+  procs = [
+    subprocess.Popen(
+      [sys.executable, script, workdir, *extra],
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for script, extra in (("convert.py", [plain_dir]), ("evaluate.py", []))
+  ]
+  for proc in procs:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    error = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and f"{files[-1]} is damaged" in error[0], err
+    assert "Traceback" not in err
+  assert sorted(os.listdir(tmp_path)) == ["run"]  # no PLAIN, nothing half-written
+
+
+def test_resuming_refuses_a_damaged_checkpoint(run_dir, tmp_path):
+  """The training loop checks the digest too, and says which step to delete."""
+  workdir = copy_run(run_dir, tmp_path)
+  data_file = array_data_files(os.path.join(workdir, "checkpoints", "200"))[-1]
+  flip_byte(data_file, os.path.getsize(data_file) // 3)
+  config = tiny_config(num_train_steps=300, checkpoint_every_steps=100)
+  with pytest.raises(ValueError, match=f"{data_file} is damaged.*steps \\[100\\] remain"):
+    train.train_and_evaluate(config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["100", "200"]
+
+
+def test_non_finite_weights_are_named_before_any_conversion(run_dir, tmp_path):
+  workdir = copy_run(run_dir, tmp_path)
+  mngr = checkpoint.manager(workdir)
+  state = checkpoint.restore_on_one_device(mngr, 200)
+  kernel = np.array(state["params"]["head"]["fc"]["kernel"])
+  kernel[0, :3] = np.nan
+  state["params"]["head"]["fc"]["kernel"] = kernel
+  checkpoint.save(mngr, 201, state)  # a digest of NaN: only the values are wrong
+  mngr.wait_until_finished()
+  mngr.close()
+  message = r"checkpoints/201 holds non-finite weights .* params/head/fc/kernel \(3 NaN of 80\)"
+  with pytest.raises(run.RunError, match=message):
+    run.load_run(workdir)
+  with pytest.raises(run.RunError, match=message):
+    evaluation.evaluate_paths([workdir])
+
+
+def test_a_checkpoint_without_digest_loads_with_a_warning(run_dir, tmp_path, caplog):
+  workdir = copy_run(run_dir, tmp_path)
+  os.remove(os.path.join(workdir, "checkpoints", "200", "default", "SHA256SUMS"))
+  with caplog.at_level(logging.WARNING):
+    old = run.load_run(workdir)
+  assert "has no SHA-256 digest" in caplog.text
+  chex.assert_trees_all_equal(old.variables, run.load_run(run_dir).variables)
 
 
 def test_checkpoint_that_does_not_match_its_config(run_dir, tmp_path):
@@ -205,6 +285,9 @@ def test_damaged_plain_directory_is_named(run_dir, tmp_path):
   arch["layers"][0]["out_features"] += 1
   with open(arch_file, "w") as f:
     json.dump(arch, f)
+  with pytest.raises(plain_io.PlainFormatError, match=f"{arch_file} is damaged"):
+    rmjax.load_plain(plain_dir)
+  os.remove(os.path.join(plain_dir, "SHA256SUMS"))  # as written before digests: shapes checked
   with pytest.raises(plain_io.PlainFormatError, match="cannot be restored"):
     rmjax.load_plain(plain_dir)
   shutil.rmtree(os.path.join(plain_dir, "variables"))

@@ -44,8 +44,10 @@ def test_import_convert_and_export(capsys, tmp_path, weights):
   assert sorted(os.listdir(tmp_path)) == [
     "plain",
     "plain.onnx",
+    "plain.onnx.sha256",  # the files' digests (rmjax.integrity); the directories hold theirs
     "plain.savedmodel",
     "plain.stablehlo",
+    "plain.stablehlo.sha256",
     "r18.safetensors",
   ]
   plain, variables = rmjax.load_plain(str(plain_dir))
@@ -110,6 +112,16 @@ def test_bad_imports_are_one_error_each(capsys, tmp_path, weights):
     "not both",
   )
   assert_fails(capsys, tmp_path, ["--input_size=32", weights, plain], "--input_size is for")
+  sd = numpy_resnet18(num_classes=10)
+  sd["layer1.0.conv1.weight"][0, 0, 0, :2] = [np.nan, np.inf]
+  save_file(sd, str(tmp_path / "nan.safetensors"))
+  assert_fails(
+    capsys,
+    tmp_path,
+    ["--from_torch=resnet18", tmp_path / "nan.safetensors", plain],
+    "holds non-finite weights (NaN or inf) in 1 array(s): params/layer1_0/conv1/kernel (1 NaN, "
+    "1 inf of 36864)",
+  )
 
 
 def test_unsupported_keras_layer(capsys, tmp_path):

@@ -50,6 +50,29 @@ def test_every_mismatch_is_named_at_once():
   assert "unexpected layer5.0.conv1.weight" in message
 
 
+def test_weights_under_other_names_get_a_short_hint():
+  """Not one line per key (hundreds): counts, a few examples of each side, the likely cause."""
+  sd = numpy_resnet18()
+  with pytest.raises(interop.WeightImportError) as e:
+    interop.from_torch("resnet18", {f"backbone.{k}": v for k, v in sd.items()})
+  lines = str(e.value).splitlines()
+  assert len(lines) == 3, lines
+  assert "102 of the 102 keys it needs are missing and 102 of its 122 keys are not used" in lines[0]
+  assert "its keys carry the prefix 'backbone.' (e.g. backbone.fc.bias)" in lines[0]
+  assert examples(lines[1]) == ["fc.bias", "fc.weight", "layer1.0.bn1.bias"]
+  assert examples(lines[2]) == ["backbone.conv1.weight", "backbone.bn1.weight", "backbone.bn1.bias"]
+  renamed = {k.replace("layer", "stage").replace("bn", "norm"): v for k, v in sd.items()}
+  with pytest.raises(interop.WeightImportError) as e:
+    interop.from_torch("resnet18", renamed)
+  lines = str(e.value).splitlines()
+  assert len(lines) == 3 and "likely the weights of another architecture" in lines[0], lines
+  assert set(examples(lines[1])) <= set(sd) and set(examples(lines[2])) <= set(renamed) - set(sd)
+
+
+def examples(line):
+  return line.split(":", 1)[1].strip().split(", ")
+
+
 def test_bad_names_and_files(tmp_path):
   with pytest.raises(interop.WeightImportError, match="unknown torchvision architecture"):
     interop.from_torch("resnet19", numpy_resnet18())
@@ -139,3 +162,15 @@ def test_twin_has_torchvision_names_and_files_read_alike(tmp_path):
   (tmp_path / "bad.pth").write_bytes((tmp_path / "w.pth").read_bytes()[:1000])
   with pytest.raises(interop.WeightImportError, match="cannot be read by torch.load"):
     interop.from_torch("resnet18", str(tmp_path / "bad.pth"))
+
+
+def test_pickled_model_is_refused_with_the_reason_and_what_to_do(tmp_path):
+  torch = pytest.importorskip("torch")
+  net, _ = torch_network("resnet18")
+  torch.save(net, tmp_path / "whole.pth")  # the module itself: pickled classes, not a state dict
+  with pytest.raises(interop.WeightImportError) as e:
+    interop.from_torch("resnet18", str(tmp_path / "whole.pth"))
+  message = str(e.value)
+  assert "GLOBAL torchvision_twins.ResNet was not an allowed global" in message  # torch's reason
+  assert "weights_only=False).state_dict(), 'weights.pth')" in message  # what to do instead
+  assert "\x1b" not in message and "two options" not in message and "\n" not in message

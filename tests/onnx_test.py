@@ -320,7 +320,7 @@ def test_a_pruned_network_exports_through_export_plain(tmp_path):
   source = run.Run("pruned", None, None, pruned, pruned_vars, SHAPE, origin)
   report = export.export_plain(source, str(tmp_path / "plain"), exports=("onnx",))
   assert report["exports"]["onnx"]["path"] == str(tmp_path / "plain.onnx")
-  assert sorted(os.listdir(tmp_path)) == ["plain", "plain.onnx"]
+  assert sorted(os.listdir(tmp_path)) == ["plain", "plain.onnx", "plain.onnx.sha256"]  # + digest
   deployed, deployed_vars = rmjax.load_plain(str(tmp_path / "plain"))
   assert not any(isinstance(layer, BatchNorm) for layer in deployed.layers)
   widths = [layer.out_features for layer in deployed.layers if isinstance(layer, Conv)]

@@ -1,6 +1,8 @@
-"""plain.json round trips for layer specs; the asymmetric conv padding Keras networks need."""
+"""plain.json round trips for layer specs; the asymmetric conv padding Keras networks need; a
+damaged or non-finite PLAIN directory is refused (its digest, rmjax.integrity)."""
 
 import json
+import logging
 import os
 
 import chex
@@ -12,6 +14,7 @@ import pytest
 import rmjax
 from rmjax import plain_io
 from rmjax.models.plain import Conv, Dense, GlobalAvgPool, PlainNet, ReLU
+from rmjax.testing import array_data_files, flip_byte
 
 
 def test_asymmetric_padding_round_trips(tmp_path):
@@ -69,3 +72,57 @@ def test_same_padding_round_trips_and_serves_every_size(tmp_path):
   entry = {"type": "Conv", "in_features": 3, "out_features": 4, "kernel_size": 3, "padding": "full"}
   with pytest.raises(plain_io.PlainFormatError, match="layer 0 \\(Conv\\): padding 'full'"):
     plain_io.layers_from_json([entry])
+
+
+def small_plain_dir(tmp_path, variables_fn=None):
+  plain = PlainNet((Conv(3, 4, 3), ReLU(), GlobalAvgPool(), Dense(4, 3)))
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  variables = plain.init(jax.random.key(1), x)
+  if variables_fn:
+    variables = variables_fn(variables)
+  path = str(tmp_path / "plain")
+  rmjax.save_plain(path, plain, variables, input_shape=(8, 8, 3))
+  return path, plain, variables, x
+
+
+def test_a_flipped_byte_anywhere_is_refused_naming_the_file(tmp_path):
+  path, plain, variables, x = small_plain_dir(tmp_path)
+  data = array_data_files(os.path.join(path, "variables"))[-1]  # the largest: the arrays' bytes
+  size = os.path.getsize(data)
+  for offset in sorted({0, 1, size // 4, size // 2, 3 * size // 4, size - 2, size - 1}):
+    flip_byte(data, offset)
+    with pytest.raises(plain_io.PlainFormatError, match=f"{data} is damaged") as e:
+      rmjax.load_plain(path)
+    assert "\n" not in str(e.value)
+    flip_byte(data, offset)
+  arch_file = os.path.join(path, "plain.json")
+  with open(arch_file) as f:
+    text = f.read()
+  with open(arch_file, "w") as f:  # still valid JSON, and a valid network: only the digest knows
+    f.write(text.replace('"stride": 1', '"stride": 2', 1))
+  with pytest.raises(plain_io.PlainFormatError, match=f"{arch_file} is damaged"):
+    rmjax.load_plain(path)
+  with open(arch_file, "w") as f:
+    f.write(text)
+  loaded, loaded_vars = rmjax.load_plain(path)
+  chex.assert_trees_all_close(loaded.apply(loaded_vars, x), plain.apply(variables, x), atol=0)
+
+
+def test_a_plain_directory_without_digest_loads_with_a_warning(tmp_path, caplog):
+  path, plain, variables, x = small_plain_dir(tmp_path)
+  os.remove(os.path.join(path, "SHA256SUMS"))  # as written before digests
+  with caplog.at_level(logging.WARNING):
+    loaded, loaded_vars = rmjax.load_plain(path)
+  assert "has no SHA-256 digest" in caplog.text
+  chex.assert_trees_all_close(loaded.apply(loaded_vars, x), plain.apply(variables, x), atol=0)
+
+
+def test_non_finite_weights_are_named(tmp_path):
+  def poison(variables):
+    kernel = np.array(variables["params"]["layers_3"]["kernel"])
+    kernel[0, 0] = np.nan
+    return {"params": {**variables["params"], "layers_3": {"kernel": kernel, "bias": np.ones(3)}}}
+
+  path, *_ = small_plain_dir(tmp_path, poison)
+  with pytest.raises(plain_io.PlainFormatError, match=r"params/layers_3/kernel \(1 NaN of 12\)"):
+    rmjax.load_plain(path)

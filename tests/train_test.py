@@ -1,11 +1,13 @@
 """The training loop: sharding, multi-process, resume, divergence, bad names, the CLI."""
 
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -13,7 +15,7 @@ import pytest
 from flax import traverse_util
 from train_config import tiny_config
 
-from rmjax import compare, data, train
+from rmjax import compare, data, evaluation, export, run, train
 from rmjax.mesh import Mesh
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,15 +44,43 @@ def assert_same_arrays(a, b, atol):
     np.testing.assert_allclose(a[k], b[k], atol=atol, rtol=0, err_msg=k)
 
 
-def test_eight_devices_train_like_one(tmp_path):
-  proc = run_worker("sharded", tmp_path)
+@pytest.fixture(scope="module")
+def sharded_runs(tmp_path_factory):
+  """Runs trained in an 8-device process: `work1` on one device, `work8` on all eight."""
+  path = tmp_path_factory.mktemp("sharded")
+  proc = run_worker("sharded", path)
   out, _ = proc.communicate(timeout=600)
   assert proc.returncode == 0, out
-  one = dict(np.load(tmp_path / "devices1.npz"))
-  eight = dict(np.load(tmp_path / "devices8.npz"))
+  return path
+
+
+def test_eight_devices_train_like_one(sharded_runs):
+  one = dict(np.load(sharded_runs / "devices1.npz"))
+  eight = dict(np.load(sharded_runs / "devices8.npz"))
   # BatchNorm statistics included: under jit they are computed over the global batch.
   assert any("batch_stats" in k for k in one)
   assert_same_arrays(one, eight, atol=1e-5)
+
+
+def test_checkpoints_convert_and_evaluate_on_any_device_count(sharded_runs, tmp_path):
+  """Train on a GPU node, convert on a laptop: 8 -> 2 and 1 -> 2 devices in a worker, 8 -> this
+  process (one device, unless XLA_FLAGS says otherwise)."""
+  runs = [sharded_runs / "work8", sharded_runs / "work1"]
+  proc = run_worker("load", tmp_path, 2, *runs)
+  loaded = run.load_run(str(runs[0]))  # meanwhile, here
+  export.export_plain(loaded, str(tmp_path / "plain_here"))  # verified against `loaded`
+  (here,) = evaluation.evaluate_paths([str(runs[0])], batch_size=500)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out
+  trained = [dict(np.load(sharded_runs / f"devices{n}.npz")) for n in (8, 1)]
+  flat = traverse_util.flatten_dict(jax.device_get(loaded.variables), sep="/")
+  assert_same_arrays(trained[0], {k: np.asarray(v) for k, v in flat.items()}, atol=0)
+  for i, want in enumerate(trained):
+    assert_same_arrays(want, dict(np.load(tmp_path / f"loaded{i}.npz")), atol=0)
+    assert os.path.exists(tmp_path / f"plain{i}" / "SHA256SUMS")
+  with open(tmp_path / "rows0.json") as f:
+    (there,) = json.load(f)
+  assert here["examples"] == there["examples"] == 2000 and here["top1"] == there["top1"]
 
 
 def free_port():

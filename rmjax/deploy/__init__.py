@@ -5,27 +5,52 @@
   (`pip install 'rmjax[deploy]'`; imported only when an ONNX function is called).
 
 The registry below is what `convert.py --export FMT` offers: every exporter has the signature
-`(plain, variables, input_shape, path)`, every loader `path -> (images -> logits)`.
+`(plain, variables, input_shape, path)`, every loader `path -> (images -> logits)`. Through the
+registry every artefact gets a SHA-256 digest once written (`PATH.sha256` beside a file,
+`PATH/SHA256SUMS` in a directory; `rmjax.integrity`), which its loader checks first: a new format
+needs nothing of its own for that.
 
   >>> deploy.EXPORTERS["onnx"](plain, variables, (32, 32, 3), deploy.artefact_path(PLAIN, "onnx"))
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
+from rmjax import integrity
 from rmjax.deploy import jax_formats, onnx
+
+
+def _sealed(export):
+  @functools.wraps(export)
+  def write(plain, variables, input_shape, path, **kwargs):
+    result = export(plain, variables, input_shape, path, **kwargs)
+    integrity.seal(path)
+    return result
+
+  return write
+
+
+def _checked(load):
+  @functools.wraps(load)
+  def read(path, **kwargs):
+    integrity.check(path)  # DigestError naming a damaged file; a warning if there is no digest
+    return load(path, **kwargs)
+
+  return read
+
 
 FORMATS = ("stablehlo", "savedmodel", "onnx")
 EXPORTERS = {
-  "stablehlo": jax_formats.export_stablehlo,
-  "savedmodel": jax_formats.export_savedmodel,
-  "onnx": onnx.export_onnx,
+  "stablehlo": _sealed(jax_formats.export_stablehlo),
+  "savedmodel": _sealed(jax_formats.export_savedmodel),
+  "onnx": _sealed(onnx.export_onnx),
 }
 LOADERS = {
-  "stablehlo": jax_formats.load_stablehlo,
-  "savedmodel": jax_formats.load_savedmodel,
-  "onnx": onnx.load_onnx,
+  "stablehlo": _checked(jax_formats.load_stablehlo),
+  "savedmodel": _checked(jax_formats.load_savedmodel),
+  "onnx": _checked(onnx.load_onnx),
 }
 
 

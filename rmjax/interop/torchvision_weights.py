@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -29,6 +30,7 @@ from rmjax.interop.weights import (
   Imported,
   Layout,
   WeightImportError,
+  error_text,
   first_line,
   gather,
   mobilenetv2_name,
@@ -151,12 +153,27 @@ def _read_file(path: str):
     try:
       return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors alike
-      raise WeightImportError(
-        f"{path} cannot be read by torch.load(weights_only=True) (corrupt, truncated, or "
-        f"holding objects other than tensors?): {first_line(e)}"
-      ) from None
+      raise WeightImportError(_torch_load_failure(path, e)) from None
   raise WeightImportError(
     f"{path}: unknown weight file type {ext!r}; expected .pth, .pt or .safetensors"
+  )
+
+
+def _torch_load_failure(path: str, error: Exception) -> str:
+  """Why torch.load refused `path`, in rmjax's terms: torch's own text offers options (and
+  terminal escapes) for its Python API, not for this command line."""
+  refused = re.search(r"WeightsUnpickler error: (.*?)(?:\.\s|\.?$)", error_text(error), re.M)
+  if not refused:
+    return (
+      f"{path} cannot be read by torch.load(weights_only=True) (corrupt or truncated?): "
+      f"{first_line(error)}"
+    )
+  return (
+    f"{path} holds pickled Python objects, not only tensors ({refused.group(1)}), and rmjax reads "
+    ".pth files with torch.load(weights_only=True), which runs no code from the file. If you "
+    "trust the file, save its weights alone and convert that: in Python, "
+    f"`torch.save(torch.load({path!r}, weights_only=False).state_dict(), 'weights.pth')` for a "
+    "whole model, or save the state dict the object holds"
   )
 
 

@@ -11,6 +11,7 @@ each leaf and how that array is laid out. `gather` reads them all, and raises on
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -92,7 +93,7 @@ def gather(
   Raises:
     WeightImportError: listing each missing key, each wrong shape and each unused key.
   """
-  problems, used, flat = list(problems), set(), {}
+  problems, used, flat, missing = list(problems), set(), {}, []
   # `params` first: where a mismatch usually starts.
   expected = sorted(abstract_variables(model).items(), key=lambda kv: kv[0][0] != "params")
   for path, shape in expected:
@@ -100,6 +101,7 @@ def gather(
     want = layout.foreign_shape(shape)
     where = "/".join(path[1:])
     if key not in weights:
+      missing.append(key)
       problems.append(f"missing {key} (shape {want}, for {where})")
       continue
     used.add(key)
@@ -108,15 +110,48 @@ def gather(
       problems.append(f"{key} has shape {tuple(array.shape)}, expected {want} (for {where})")
       continue
     flat[path] = jnp.asarray(layout.to_rmjax(array).astype(np.float32))
-  for key in weights:
-    if key not in used and not ignore(key):
-      problems.append(f"unexpected {key} (shape {tuple(np.shape(weights[key]))})")
+  unexpected = [key for key in weights if key not in used and not ignore(key)]
+  problems += [f"unexpected {key} (shape {tuple(np.shape(weights[key]))})" for key in unexpected]
+  if len(missing) > len(expected) / 2 and len(unexpected) > len(weights) / 2:
+    # Another naming altogether: a list of every key would bury the cause.
+    raise WeightImportError(
+      _other_naming(source, model, missing, unexpected, len(expected), len(weights), problems)
+    )
   if problems:
     raise WeightImportError(
       f"{source} does not fit {describe(model)} ({len(problems)} problem(s)):\n  "
       + "\n  ".join(problems)
     )
   return traverse_util.unflatten_dict(flat)
+
+
+def _other_naming(source, model, missing, unexpected, needed, given, problems) -> str:
+  """A few lines for weights whose keys follow another naming: counts, examples, the cause."""
+  others = [p for p in problems if not p.startswith(("missing ", "unexpected "))]
+  prefix = _common_prefix(missing, unexpected)
+  if prefix:
+    cause = f"its keys carry the prefix {prefix!r} (e.g. {prefix}{missing[0]}): drop it"
+  else:
+    cause = "likely the weights of another architecture, or of this one under other names"
+  return (
+    f"{source} does not fit {describe(model)}: {len(missing)} of the {needed} keys it needs are "
+    f"missing and {len(unexpected)} of its {given} keys are not used — {cause}.\n"
+    f"  needed, e.g.: {', '.join(missing[:3])}\n"
+    f"  found, e.g.:  {', '.join(unexpected[:3])}"
+    + (f"\n  and {len(others)} other problem(s), e.g. {others[0]}" if others else "")
+  )
+
+
+def _common_prefix(missing: Sequence[str], unexpected: Sequence[str]) -> str | None:
+  """The prefix that turns the needed keys into the file's ones, if one does for most."""
+  unused = set(unexpected)
+  for key in missing[:3]:
+    for candidate in unused:
+      if candidate.endswith(key) and candidate != key:
+        prefix = candidate[: -len(key)]
+        if sum(prefix + m in unused for m in missing) > len(missing) / 2:
+          return prefix
+  return None
 
 
 def describe(model) -> str:
@@ -130,8 +165,16 @@ def mobilenetv2_name(model, framework: str) -> str:
   return f"mobilenetv2 {'custom widths' if width is None else f'width {width:g}'} ({framework})"
 
 
+_TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_text(e: BaseException) -> str:
+  """The message of `e` without terminal colour escapes (torch makes parts of its bold)."""
+  return _TERMINAL_ESCAPE.sub("", str(e)).strip()
+
+
 def first_line(e: BaseException) -> str:
-  text = str(e).strip()
+  text = error_text(e)
   return text.splitlines()[0] if text else type(e).__name__
 
 
