@@ -6,6 +6,7 @@ forward, with random weights and BN statistics. Everything here needs torch.
 """
 
 import functools
+import json
 
 import chex
 import numpy as np
@@ -16,6 +17,7 @@ torch = pytest.importorskip("torch")
 import published_twins as tw  # noqa: E402  (needs torch)
 from torchvision_twins import logits, randomize  # noqa: E402
 
+import rmjax  # noqa: E402
 from rmjax import interop, models, transforms  # noqa: E402
 from rmjax.interop import rmnet_weights, torch_layouts  # noqa: E402
 from rmjax.models.plain import PlainNet, PReLU  # noqa: E402
@@ -210,3 +212,26 @@ def test_names_are_rmjax_models_and_every_alias_resolves():
     for alias, arch in base.aliases.items():
       assert torch_layouts.resolve(f"{code}:{alias}") == (base, arch)
   assert rmnet_weights.rmobilenet("mobilenetv1_cifar", 10).stem == "cifar"
+
+
+# --- convert.py ------------------------------------------------------------------------------
+
+
+def test_cli_converts_a_deployed_checkpoint_as_the_rmnet_code_saves_it(capsys, tmp_path):
+  from convert_cli import assert_fails, run_cli
+
+  net = randomize(tw.deployed_rmnet((3, 3, 3), 16, num_classes=10, bn=True), seed=3)
+  # The RMNet code's train.py: a DataParallel model's state dict in a `.pth.tar` dictionary.
+  state = {f"module.{k}": v for k, v in net.state_dict().items()}
+  torch.save({"epoch": 90, "arch": "rmnet20", "state_dict": state}, tmp_path / "ckpt.pth.tar")
+  plain_dir = tmp_path / "plain"
+  args = ["--from_torch=rmnet:rmnet20", tmp_path / "ckpt.pth.tar", plain_dir, "--input_size=32"]
+  code, out, err = run_cli(capsys, *args)
+  assert code == 0, err
+  assert "converting resnet20 after deploy(), BN kept (RMNet code)" in out
+  source = json.loads((plain_dir / "plain.json").read_text())["source"]
+  assert source["framework"] == "torch" and source["num_classes"] == 10
+  plain, variables = rmjax.load_plain(str(plain_dir))
+  assert_close(eval_logits(plain, variables, X), logits(net, X))
+  args[0], args[2] = "--from_torch=rmnet:rmnet50", tmp_path / "other"
+  assert_fails(capsys, tmp_path, args, "unknown architecture 'rmnet50' of the published RMNet")
