@@ -57,6 +57,16 @@ CASES = {
     lambda: tw.deployed_rmobilenet(tw.MOBILENETV2_IMAGENET, num_classes=1000),
     PlainNet,
   ),
+  "rmnet-rmrep_21": (
+    "rmnet:rmrep_21",
+    lambda: tw.RMRep(2, 0.25, num_classes=1000),
+    models.RepVGG,
+  ),
+  "rmnet-repvgg_21-deployed": (
+    "rmnet:repvgg_21",
+    lambda: tw.deployed_rmrep(2, num_classes=1000),
+    PlainNet,
+  ),
   "repvgg-RepVGG-A0": (
     "repvgg:RepVGG-A0",
     lambda: tw.DingRepVGG(tw.A_SIZES, (0.75, 0.75, 0.75, 2.5), {}, num_classes=10),
@@ -146,6 +156,17 @@ def test_a_deployed_network_is_read_module_by_module():
   # The V2 -> V1 network: every depthwise conv as wide as MobileNetV1's (Sec. 4.4).
   dw = [layer.in_features for layer in plain.layers if getattr(layer, "groups", 1) > 1]
   assert dw == [32, 64, 128, 128, 256, 256, *[512] * 6, 1024]
+
+
+def test_rmrep_reads_its_reserve_ratio_and_refuses_its_cifar_form():
+  model, _ = interop.from_torch("rmnet:rmrep_69", tw.RMRep(8, 0.5, 1000).state_dict())
+  assert model == models.create("repvgg69", num_classes=1000, reserve_ratio=0.5)
+  model, _ = interop.from_torch("rmnet:repvgg_21", tw.RMRep(2, 0, 1000).state_dict())
+  assert model == models.create("repvgg21", num_classes=1000)
+  # Built for other than 1000 classes, RMRep's stage 1 starts with a pair: not rmjax's.
+  for cifar in (tw.RMRep(2, 0.25, 10), tw.deployed_rmrep(2, 10)):
+    with pytest.raises(interop.WeightImportError, match="holds the RMNet code's CIFAR RMRep"):
+      interop.from_torch("rmnet:rmrep_21", cifar.state_dict())
 
 
 def test_every_mismatch_is_named_at_once():

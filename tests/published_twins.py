@@ -103,15 +103,19 @@ def deployed_rmnet(stage_sizes, base, num_classes, bn):
 
 
 class RepBlock(nn.Module):
-  """RMNeXt's stem block: relu(BN(3x3 conv) + BN(1x1 conv))."""
+  """relu(BN(3x3 conv) + BN(1x1 conv) [+ BN(x)]): RMNeXt's stem block (no identity) and
+  RMRep's block (an identity BN `bn00` where `cin == cout` and the stride is 1)."""
 
-  def __init__(self, cin, cout, stride):
+  def __init__(self, cin, cout, stride, identity=False):
     super().__init__()
     self.conv33, self.bn33 = conv(cin, cout, 3, stride), BN(cout)
     self.conv11, self.bn11 = conv(cin, cout, 1, stride), BN(cout)
+    if identity and cin == cout and stride == 1:
+      self.bn00 = BN(cout)
 
   def forward(self, x):
-    return relu(self.bn33(self.conv33(x)) + self.bn11(self.conv11(x)))
+    y = self.bn33(self.conv33(x)) + self.bn11(self.conv11(x))
+    return relu(y + self.bn00(x) if hasattr(self, "bn00") else y)
 
 
 class RMBlock(nn.Module):
@@ -179,6 +183,66 @@ def deployed_rmnext(stage_sizes, expansion, cpg, num_classes, bn, base=64):
       mods += _step(mid, width, 1, 1, bn)
       cin = width
   return nn.Sequential(*mods, *_head(cin, num_classes))
+
+
+# --- the RMNet code: models/rmrepvgg.py --------------------------------------------------------
+
+
+class RMRepBlock(nn.Module):
+  """Passes its first `int(planes * ratio)` channels through, computes the others as a
+  RepBlock with identity would, ReLU over all."""
+
+  def __init__(self, planes, ratio):
+    super().__init__()
+    self.reserved = int(planes * ratio)
+    c = planes - self.reserved
+    self.conv33, self.bn33 = conv(planes, c, 3), BN(c)
+    self.conv11, self.bn11 = conv(planes, c, 1), BN(c)
+    self.bn00 = BN(c)
+
+  def forward(self, x):
+    r = self.reserved
+    y = self.bn33(self.conv33(x)) + self.bn11(self.conv11(x)) + self.bn00(x[:, r:])
+    return relu(torch.cat([x[:, :r], y], 1))
+
+
+def _rmrep_blocks(depth, num_classes):
+  """RMRep as (kind, in, out, stride): for 1000 classes two stride-2 blocks (stem, stage 1's
+  first), else one stride-1 stem block; `depth` (RMBlock, RepBlock) pairs; then per stage a
+  stride-2 block and `depth` pairs."""
+  if num_classes == 1000:
+    blocks = [("rep", 3, 64, 2), ("rep", 64, 64, 2)]
+  else:
+    blocks = [("rep", 3, 64, 1)]
+  for i, width in enumerate((64, 128, 256, 512)):
+    if i:
+      blocks.append(("rep", width // 2, width, 2))
+    blocks += [("rm", width, width, 1), ("rep", width, width, 1)] * depth
+  return blocks
+
+
+class RMRep(nn.Module):
+  """`rmrep_21` (depth 2, ratio 0.25) ...: `feature`, one Sequential of every block; `fc`."""
+
+  def __init__(self, depth, ratio, num_classes):
+    super().__init__()
+    blocks = [
+      RMRepBlock(cout, ratio) if kind == "rm" else RepBlock(cin, cout, s, identity=True)
+      for kind, cin, cout, s in _rmrep_blocks(depth, num_classes)
+    ]
+    self.feature = nn.Sequential(*blocks)
+    self.fc = nn.Linear(512, num_classes)
+
+  def forward(self, x):
+    return self.fc(self.feature(x).mean((2, 3)))
+
+
+def deployed_rmrep(depth, num_classes):
+  """RMRep after `deploy()`: a biased 3x3 conv + ReLU per block; pool, flatten, fc."""
+  mods = []
+  for _, cin, cout, s in _rmrep_blocks(depth, num_classes):
+    mods += _step(cin, cout, 3, s, bn=False)
+  return nn.Sequential(*mods, *_head(512, num_classes))
 
 
 # --- the RMNet code: models/rmobilenet.py ------------------------------------------------------

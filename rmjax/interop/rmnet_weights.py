@@ -1,7 +1,7 @@
 """The published RMNet code's checkpoints (github.com/fxmeng/RMNet) -> rmjax, before and after
 its own `deploy()`.
 
-Three of its model files, each one network of rmjax's (ARCH in `from_torch("rmnet:ARCH", ...)`
+Four of its model files, each one network of rmjax's (ARCH in `from_torch("rmnet:ARCH", ...)`
 is rmjax's name, or the RMNet code's own):
 
   models/resnet2vgg.py  `rmnet18`, `rmnet34`, `rmnet20` ... `rmnet110`: `ResBlock`s ->
@@ -10,26 +10,33 @@ is rmjax's name, or the RMNet code's own):
                         `rmnext41x5_16` ... `rmnext152x6_32` (`models.RMNeXt`)
   models/rmobilenet.py  `mobilenetv2_imagenet`, `mobilenetv1_cifar` (class `RMobileNet`) ->
                         `mobilenetv2`, `mobilenetv1_cifar` (`models.MobileNetV2`, ReLU6)
+  models/rmrepvgg.py    `rmrep_21` ... `rmrep_133` and `repvgg_21` ... (class `RMRep`) ->
+                        `repvgg21` ... `repvgg133` (`models.RepVGG` with `reserve_ratio`)
 
 A train-time file is the rmjax network layer for layer: the ResBlock is torchvision's basic
-block (its keys too), RMNeXt's `RMBlock` is `RMNeXtBlock` (middle width `out * (T - 1)`, groups of
-`cpg * 2**stage` channels), its `RepBlock` stem is `RepVGGStem`; `RMobileNet` with `t_free` > 1
-widens every block's output `t_free` times and carries only the first `in` channels across:
-`BlockSpec(shortcut=in)`. The `running1`/`running2` statistics the code tracks for its own
-`deploy()` are not needed (rmjax's `rm_convert` derives the reserved channels from the weights;
-its fine-tuning form re-estimates their BN from data, `rmjax.finetune`) and are ignored.
+block (its keys too); RMNeXt's `RMBlock` is `RMNeXtBlock` (middle width `out * (T - 1)`, groups
+of `cpg * 2**stage` channels), its `RepBlock` stem `RepVGGStem`; `RMobileNet` with `t_free` > 1
+widens every block's output `t_free` times and carries only the first `in` channels across
+(`BlockSpec(shortcut=in)`); `RMRep`'s `RMBlock` is `ReservingRepBlock` (its first
+`int(planes * ratio)` channels reserved, `reserve_ratio` read off the shapes), paired with the
+`RepBlock` after it as rmjax pairs them. The `running1`/`running2` statistics the code tracks
+for its own `deploy()` are not needed (`rm_convert` reserves channels from the weights alone;
+the fine-tuning form's reserved BNs are re-estimated from data, `rmjax.finetune`): ignored.
 
 After `deploy()` the file holds a plain network, an `nn.Sequential` numbered module by module
-(`0.weight`, `3.running_mean`, ... or `features.N.*` for RMobileNet), which imports as a
-`PlainNet`: BNs kept (`merge_bn=False`, RMobileNet always) or folded into conv biases. Its widths
-are the published conversion's (reserved channels first, the BN of reserved channels set from
-`running1`/`running2`), not rmjax's `rm_convert`'s, so it is not the rmjax model.
+(`0.weight`, `3.running_mean`, ...; `features.N.*` for RMobileNet). No rmjax residual model
+holds those weights — they are the published conversion's output (reserved channels first, the
+kept BNs of reserved channels set from `running1`/`running2`) — so it imports as a `PlainNet`,
+rmjax's conversion target: BNs kept (`merge_bn=False`; RMobileNet always) or folded into conv
+biases. `rm_convert` on it folds the kept BNs.
 
 Depths, widths and strides are the named network's; what the published code decides by the
 class count is read off the weights: the class count itself, and the stem (ImageNet's for 1000
 classes: a 7x7 conv + max-pool, or two stride-2 RepBlocks; else CIFAR's) — from the stem's own
 shapes where they show it, so a head replaced for other classes keeps its stem. RMobileNet's stem
 stride (2 for 1000 classes, else 1) is not in the shapes: the class count decides, as there.
+RMRep's CIFAR form (one stride-1 stem block, stage 1 without a first block) has no rmjax
+counterpart and is refused.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import numpy as np
 from rmjax import models
 from rmjax.interop.plain_weights import classes_of, conv_bn_act, import_plain, sequential
 from rmjax.interop.torchvision_weights import _leaf, _resnet_rule
-from rmjax.interop.weights import Imported, Layout, gather
+from rmjax.interop.weights import Imported, Layout, WeightImportError, gather
 from rmjax.models import mobilenet
 from rmjax.models.mobilenet import BlockSpec, MobileNetV2
 from rmjax.models.plain import (
@@ -68,7 +75,8 @@ RMNEXTS = (
   "rmnext152x6_32",
 )
 MOBILENETS = ("mobilenetv2", "mobilenetv1_cifar")
-ARCHITECTURES = (*RESNETS, *RMNEXTS, *MOBILENETS)
+REPVGGS = ("repvgg21", "repvgg37", "repvgg69", "repvgg133")
+ARCHITECTURES = (*RESNETS, *RMNEXTS, *MOBILENETS, *REPVGGS)
 # The RMNet code's names for them (rmnext26x3_32 and 41x4_8 are its RMNeXt class, unnamed).
 ALIASES = {
   **{f"rmnet{name.removeprefix('resnet')}": name for name in RESNETS},
@@ -78,18 +86,24 @@ ALIASES = {
   "rmnext101_64x6_g16": "rmnext101x6_16",
   "rmnext152_64x6_g32": "rmnext152x6_32",
   "mobilenetv2_imagenet": "mobilenetv2",
+  # RMRep with reserve_ratio > 0 (rmrep_*) or 0 (repvgg_*): one rmjax preset, the ratio read.
+  **{f"{kind}_{name[6:]}": name for name in REPVGGS for kind in ("rmrep", "repvgg")},
 }
 UNSUPPORTED = {
   "rmnet1202": "rmjax has no 1202-layer ResNet preset",
+  **dict.fromkeys(("preactresvgg18", "preactresvgg34"), "rmjax has no pre-activation ResNet"),
   **dict.fromkeys(
-    ("preactresnet", "rmnet_pruning", "rmrep", "rmrepse"),
-    "its other model files (pre-activation, pruning masks, RepVGG, SE) are not imported",
+    ("rmnet_pruning_18", "rmnet_pruning_34"),
+    "its pruning masks are not rmjax's (prune a converted network with prune.py)",
   ),
+  "rmrepse": "rmjax's RepVGG has no squeeze-and-excitation blocks",
 }
 
 
 def import_rmnet(arch: str, weights: Mapping[str, np.ndarray], source: str) -> Imported:
   """`arch` (one of ARCHITECTURES) with the RMNet code's `weights`, train- or deploy-time."""
+  if arch in REPVGGS:
+    return _rmrep(arch, weights, source)
   if arch in MOBILENETS:
     if "features.0.weight" in weights:  # deploy() flattened `features` into one Sequential
       return _mobilenet_deployed(arch, weights, source)
@@ -125,7 +139,13 @@ def _stem_kind(weights, imagenet_key: str, cifar_key: str, classes: int) -> str:
   return "imagenet" if classes == 1000 else "cifar"
 
 
-_REP_BRANCHES = {"conv3x3": "conv33", "bn3x3": "bn33", "conv1x1": "conv11", "bn1x1": "bn11"}
+_REP_BRANCHES = {
+  "conv3x3": "conv33",
+  "bn3x3": "bn33",
+  "conv1x1": "conv11",
+  "bn1x1": "bn11",
+  "bn_identity": "bn00",
+}
 
 
 def _rmnext_rule(stem: str, path: tuple[str, ...]) -> tuple[str, Layout]:
@@ -138,6 +158,49 @@ def _rmnext_rule(stem: str, path: tuple[str, ...]) -> tuple[str, Layout]:
   branch, index = layer.rsplit("_", 1)
   module = f"layer0.{index}" if stem == "imagenet" else "layer0"
   return _leaf(f"{module}.{_REP_BRANCHES[branch]}", leaf)
+
+
+# --- RMRep ---------------------------------------------------------------------------------------
+
+
+def _rmrep(arch: str, weights, source: str) -> Imported:
+  """models/rmrepvgg.py's RMRep: `feature`, one flat Sequential of rmjax's blocks in layout
+  order (stem, then each stage's), and `fc`; or after `deploy()`, one biased 3x3 conv + ReLU per
+  block, pool, flatten, fc."""
+  ref = models.create(arch)  # the blocks; the class count and the ratio are read below
+  *blocks, _ = ref.layout()
+  deployed = "0.weight" in weights
+  convs = sum(1 for key, w in weights.items() if key.endswith("weight") and w.ndim == 4)
+  if "feature.1.bn00.weight" in weights or (deployed and convs == len(blocks) - 1):
+    raise WeightImportError(
+      f"{source} holds the RMNet code's CIFAR RMRep (one stride-1 stem block, stage 1 starting "
+      f"with its pairs), which rmjax's {arch} is not: rmjax's stage 1 starts with a plain block "
+      "whatever the stem. Only its ImageNet form (1000 classes at build time) is supported."
+    )
+  if deployed:
+    layers = []
+    for block in blocks:
+      layers += conv_bn_act(block.in_features, block.out_features, 3, block.strides, bn=False)
+    fc = f"{len(layers) + 2}.weight"
+    layers += [GlobalAvgPool(), None, Dense(blocks[-1].out_features, classes_of(weights, fc))]
+    plain, variables = import_plain(
+      sequential(layers), weights, source=f"{source} ({CODE}, {arch} after deploy())"
+    )
+    return Imported(plain, variables, f"{arch} after deploy() ({CODE})")
+  # The first block of stage 1 after its strided one reserves `planes - conv33's outputs`.
+  first = weights.get("feature.2.conv33.weight")
+  ratio = 1 - first.shape[0] / first.shape[1] if first is not None and first.ndim == 4 else 0.0
+  model = models.create(arch, num_classes=classes_of(weights, "fc.weight"), reserve_ratio=ratio)
+  index = {block.name: i for i, block in enumerate(blocks)}
+
+  def rule(path: tuple[str, ...]) -> tuple[str, Layout]:
+    _, block, layer, leaf = path
+    if block == "head":
+      return _leaf("fc", leaf, linear=True)
+    return _leaf(f"feature.{index[block]}.{_REP_BRANCHES[layer]}", leaf)
+
+  variables = gather(model, weights, rule, source=f"{source} ({CODE}, train-time)", ignore=_unused)
+  return Imported(model, variables, f"{arch} reserve_ratio {ratio:g} ({CODE})")
 
 
 # --- RMobileNet --------------------------------------------------------------------------------
