@@ -9,6 +9,7 @@ import functools
 import json
 
 import chex
+import jax
 import numpy as np
 import pytest
 
@@ -20,7 +21,7 @@ from torchvision_twins import logits, randomize  # noqa: E402
 import rmjax  # noqa: E402
 from rmjax import interop, models, transforms  # noqa: E402
 from rmjax.interop import rmnet_weights, torch_layouts  # noqa: E402
-from rmjax.models.plain import PlainNet, PReLU  # noqa: E402
+from rmjax.models.plain import Conv, PlainNet, PReLU  # noqa: E402
 from rmjax.testing import eval_logits  # noqa: E402
 
 X = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
@@ -256,3 +257,23 @@ def test_cli_converts_a_deployed_checkpoint_as_the_rmnet_code_saves_it(capsys, t
   assert_close(eval_logits(plain, variables, X), logits(net, X))
   args[0], args[2] = "--from_torch=rmnet:rmnet50", tmp_path / "other"
   assert_fails(capsys, tmp_path, args, "unknown architecture 'rmnet50' of the published RMNet")
+
+
+@pytest.mark.parametrize(
+  "name, twin",
+  [
+    ("timm:repvgg_a0", lambda: tw.TimmRepVGG(tw.A_SIZES, (0.75,) * 3 + (2.5,), 0, 10, True)),
+    ("rmnet:resnet20", lambda: tw.deployed_rmnet((3, 3, 3), 16, 10, bn=False)),
+    ("rmnet:rmnext26x3_32", lambda: tw.deployed_rmnext((2, 2, 2, 2), 3, 32, 10, bn=False)),
+  ],
+)
+def test_a_deployed_network_has_the_layers_rm_convert_makes_of_the_train_time_one(name, twin):
+  # The same layer table (the presets' default stems), the Dirac structure rmjax records aside:
+  # the published conversions put reserved channels first, rmjax last.
+  imported, _ = interop.from_torch(name, twin().state_dict())
+  model = models.create(name.split(":")[1], num_classes=10)
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
+  abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  converted, _ = jax.eval_shape(functools.partial(transforms.rm_convert, model), abstract)
+  unstructured = [x.unstructured() if isinstance(x, Conv) else x for x in converted.layers]
+  assert list(imported.layers) == unstructured

@@ -28,7 +28,8 @@ After `deploy()` the file holds a plain network, an `nn.Sequential` numbered mod
 holds those weights — they are the published conversion's output (reserved channels first, the
 kept BNs of reserved channels set from `running1`/`running2`) — so it imports as a `PlainNet`,
 rmjax's conversion target: BNs kept (`merge_bn=False`; RMobileNet always) or folded into conv
-biases. `rm_convert` on it folds the kept BNs.
+biases. With BNs folded, a ResNet's, RMNeXt's or RMRep's has the layer table `rm_convert` makes
+of the rmjax network (rmjax puts reserved channels last); `rm_convert` on it folds kept BNs.
 
 Depths, widths and strides are the named network's; what the published code decides by the
 class count is read off the weights: the class count itself, and the stem (ImageNet's for 1000
