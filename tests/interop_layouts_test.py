@@ -154,9 +154,15 @@ def test_a_deployed_network_is_read_module_by_module():
   np.testing.assert_array_equal(
     variables["params"][f"layers_{prelus[0]}"]["slope"], net.features[prelus[0]].weight.detach()
   )
-  # The V2 -> V1 network: every depthwise conv as wide as MobileNetV1's (Sec. 4.4).
-  dw = [layer.in_features for layer in plain.layers if getattr(layer, "groups", 1) > 1]
-  assert dw == [32, 64, 128, 128, 256, 256, *[512] * 6, 1024]
+  # The V2 -> V1 network: every depthwise conv as wide as MobileNetV1's (Sec. 4.4), after the
+  # RMNet code's deploy() and after rmjax's rm_convert of the train-time network alike.
+  model = rmnet_weights.rmobilenet("mobilenetv1_cifar", 10)
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
+  abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  converted, _ = jax.eval_shape(functools.partial(transforms.rm_convert, model), abstract)
+  for net in (plain, converted):
+    dw = [layer.in_features for layer in net.layers if getattr(layer, "groups", 1) > 1]
+    assert dw == [32, 64, 128, 128, 256, 256, *[512] * 6, 1024]
 
 
 def test_rmrep_reads_its_reserve_ratio_and_refuses_its_cifar_form():
