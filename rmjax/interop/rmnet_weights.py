@@ -190,7 +190,9 @@ def _rmrep(arch: str, weights, source: str) -> Imported:
     return Imported(plain, variables, f"{arch} after deploy() ({CODE})")
   # The first block of stage 1 after its strided one reserves `planes - conv33's outputs`.
   first = weights.get("feature.2.conv33.weight")
-  ratio = 1 - first.shape[0] / first.shape[1] if first is not None and first.ndim == 4 else 0.0
+  ratio = 0.0
+  if first is not None and first.ndim == 4 and 0 < first.shape[0] <= first.shape[1]:
+    ratio = 1 - first.shape[0] / first.shape[1]  # else 0: `gather` names the shapes
   model = models.create(arch, num_classes=classes_of(weights, "fc.weight"), reserve_ratio=ratio)
   index = {block.name: i for i, block in enumerate(blocks)}
 
@@ -280,7 +282,8 @@ def _deployed(arch: str, weights, source: str) -> Imported:
   if arch in RMNEXTS:
     # ImageNet's second stem conv (3x3) is module 2; CIFAR's module 2 is a block's 1x1 conv.
     second = weights.get("2.weight")
-    stem = "imagenet" if second is not None and second.shape[-1] == 3 else "cifar"
+    imagenet = second is not None and second.ndim == 4 and second.shape[-1] == 3
+    stem = "imagenet" if imagenet else "cifar"
     model = models.create(arch, stem=stem)  # its blocks; the class count is the fc's, below
     layers = _rmnext_deployed(model, bn)
   else:
