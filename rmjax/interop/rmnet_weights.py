@@ -92,7 +92,10 @@ ALIASES = {
 }
 UNSUPPORTED = {
   "rmnet1202": "rmjax has no 1202-layer ResNet preset",
-  **dict.fromkeys(("preactresvgg18", "preactresvgg34"), "rmjax has no pre-activation ResNet"),
+  **dict.fromkeys(
+    ("preactresvgg18", "preactresvgg34"),
+    "its pre-activation ResVGG (models/preactresnet2vgg.py) is not mapped to an rmjax model",
+  ),
   **dict.fromkeys(
     ("rmnet_pruning_18", "rmnet_pruning_34"),
     "its pruning masks are not rmjax's (prune a converted network with prune.py)",
