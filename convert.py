@@ -17,6 +17,7 @@ Your own weights instead of a checkpoint (rmjax.interop; needs `pip install 'rmj
 the "original" is then the rmjax model holding the imported weights.
 
   python convert.py --from_torch resnet50 resnet50.pth /tmp/plain     # torchvision layout
+  python convert.py --from_torch rmnet:resnet18 rmnet18.pth.tar /tmp/plain   # the RMNet code's
   python convert.py --from_keras mobilenet_v2.keras /tmp/plain        # or .h5
 
 Serving artefacts of the plain network, next to PLAIN (checked against it before anything is
@@ -64,9 +65,12 @@ _FUSE = flags.DEFINE_bool(
 _FROM_TORCH = flags.DEFINE_string(
   "from_torch",
   None,
-  "Import PyTorch weights in torchvision's layout instead of a checkpoint: "
-  "`convert.py --from_torch ARCH WEIGHTS PLAIN`, ARCH one of resnet18, resnet34, resnet50, "
-  "resnet101, resnet152, mobilenet_v2; WEIGHTS a .pth/.pt state dict or a .safetensors file.",
+  "Import PyTorch weights instead of a checkpoint: `convert.py --from_torch ARCH WEIGHTS "
+  "PLAIN`, ARCH one of torchvision's resnet18, resnet34, resnet50, resnet101, resnet152, "
+  "mobilenet_v2, or CODE:ARCH for another code base's layout, train- or deploy-time: "
+  "rmnet:resnet18, rmnet:rmnext50x6_32, rmnet:mobilenetv2, ... (the published RMNet code), "
+  "repvgg:repvgg_a0 (the RepVGG code), timm:repvgg_a0 (rmjax.interop.TORCH_LAYOUTS lists "
+  "them); WEIGHTS a .pth/.pt/.pth.tar state dict or a .safetensors file.",
 )
 _FROM_KERAS = flags.DEFINE_bool(
   "from_keras",

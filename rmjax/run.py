@@ -132,8 +132,9 @@ def _restore_variables(workdir: str, step: int | None) -> tuple[int, dict]:
 def load_imported(
   weights: str, *, torch_arch: str | None = None, input_size: int | None = None
 ) -> Run:
-  """A `Run` of imported weights: torchvision-layout PyTorch ones with `torch_arch` (ResNet or
-  MobileNetV2), else a Keras MobileNetV2 (.h5/.keras). The check batch has `input_size` square
+  """A `Run` of imported weights: PyTorch ones with `torch_arch` (torchvision's ResNet or
+  MobileNetV2, or another code base's `CODE:ARCH`, `interop.TORCH_LAYOUTS`), else a Keras
+  MobileNetV2 (.h5/.keras). The check batch has `input_size` square
   images (default: the Keras file's input shape, else 224)."""
   path = os.path.abspath(weights)
   try:
@@ -157,11 +158,18 @@ def load_imported(
     "imported_from": path,
     "framework": framework,
     "model": imported.name,
-    "num_classes": imported.model.num_classes,
+    "num_classes": _num_classes(imported.model),
     "dataset": None,
     "notes": list(imported.notes),
   }
   return Run(path, None, None, imported.model, imported.variables, shape, origin)
+
+
+def _num_classes(model) -> int | None:
+  # A deploy-time layout imports as a plain network: its classes are its last layer's outputs.
+  if isinstance(model, PlainNet):
+    return getattr(model.layers[-1], "out_features", None) if model.layers else None
+  return model.num_classes
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int):

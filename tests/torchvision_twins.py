@@ -138,7 +138,8 @@ class MobileNetV2(nn.Module):
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
   """Every weight and BN statistic drawn at random (He-scaled kernels; BN scales of both signs,
-  non-zero means, variances in [0.3, 2]), then eval mode. Returns `model`."""
+  non-zero means, variances in [0.3, 2]; PReLU slopes in [-0.5, 1.5]), then eval mode. Returns
+  `model`."""
   rng = np.random.default_rng(seed)
   with torch.no_grad():
     for module in model.modules():
@@ -149,12 +150,15 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
         if module.bias is not None:
           module.bias.copy_(torch.from_numpy(0.1 * rng.standard_normal(module.bias.shape)))
       elif isinstance(module, nn.BatchNorm2d):
-        shape = module.weight.shape
-        scale = rng.uniform(0.3, 1.2, shape) * np.where(rng.uniform(size=shape) < 0.8, 1, -1)
-        module.weight.copy_(torch.from_numpy(scale))
-        module.bias.copy_(torch.from_numpy(0.3 * rng.standard_normal(shape)))
+        shape = module.running_mean.shape
+        if module.affine:  # statistics-only BNs (affine=False) have no scale and bias
+          scale = rng.uniform(0.3, 1.2, shape) * np.where(rng.uniform(size=shape) < 0.8, 1, -1)
+          module.weight.copy_(torch.from_numpy(scale))
+          module.bias.copy_(torch.from_numpy(0.3 * rng.standard_normal(shape)))
         module.running_mean.copy_(torch.from_numpy(0.3 * rng.standard_normal(shape)))
         module.running_var.copy_(torch.from_numpy(rng.uniform(0.3, 2.0, shape)))
+      elif isinstance(module, nn.PReLU):
+        module.weight.copy_(torch.from_numpy(rng.uniform(-0.5, 1.5, module.weight.shape)))
   return model.eval()
 
 

@@ -143,7 +143,8 @@ def _read_file(path: str):
       raise WeightImportError(
         f"{path} cannot be read as safetensors (corrupt or truncated?): {first_line(e)}"
       ) from None
-  if ext in (".pth", ".pt", ".bin"):
+  # `.pth.tar`: what the RMNet code's train.py saves (torch.save's format, a zip).
+  if ext in (".pth", ".pt", ".bin") or path.lower().endswith(".pth.tar"):
     try:
       import torch
     except ImportError:
