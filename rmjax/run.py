@@ -180,7 +180,7 @@ def plain_architecture(path: str) -> tuple[PlainNet, tuple[int, ...]]:
   """
   try:
     arch = plain_io.read_arch(path)
-    plain = PlainNet(plain_io.layers_from_json(arch["layers"]))
+    plain = plain_io.plain_from_arch(arch)
   except plain_io.PlainFormatError as e:
     raise plain_io.PlainFormatError(f"config.init_from: {e}") from None
   return plain, tuple(arch["input_shape"])
