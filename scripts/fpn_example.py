@@ -7,7 +7,7 @@ item on it, or background (11 classes, a stride-4 map: the finest FPN level). Th
 narrow ResNet-18 backbone (ImageNet stem: features at strides 4, 8, 16, 32), a feature pyramid
 (Lin et al. 2017) and a 1x1 conv classifier on its finest level.
 
-  python scripts/fpn_example.py                  # ~3 minutes on 2 CPU cores
+  python scripts/fpn_example.py                  # about 2 minutes on 2 CPU cores
   python scripts/fpn_example.py --write_docs     # also rewrites the numbers in docs/backbones.md
 """
 
@@ -186,7 +186,7 @@ def report(m: dict, *, steps: int, batch: int, seconds: float) -> str:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=600)
+  parser.add_argument("--steps", type=int, default=2000)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--write_docs", action="store_true", help="rewrite docs/backbones.md")
   args = parser.parse_args()
