@@ -23,6 +23,11 @@ the "original" is then the rmjax model holding the imported weights.
 Serving artefacts of the plain network, next to PLAIN (checked against it before anything is
 written): --export stablehlo -> PLAIN.stablehlo, --export savedmodel -> PLAIN.savedmodel/,
 --export onnx -> PLAIN.onnx (needs `pip install 'rmjax[deploy]'`).
+
+Backbone mode, --features: PLAIN records the model's feature taps, every check compares the
+feature maps, and the artefacts output them (docs/backbones.md).
+
+  python convert.py workdirs/demo /tmp/backbone --features --export stablehlo,onnx
 """
 
 import os
@@ -61,6 +66,14 @@ _FUSE = flags.DEFINE_bool(
   "fuse",
   True,
   "Fuse back-to-back 1x1 convs left by RM (Eq. 5; MobileNetV2 -> MobileNetV1).",
+)
+_FEATURES = flags.DEFINE_bool(
+  "features",
+  False,
+  "Backbone mode: PLAIN also records where the model's feature maps are (the last block of "
+  "each stage; plain.apply(..., features=True) returns them), the checks compare those maps, "
+  "and --export artefacts output them (one output per map: features_0, features_1, ...) "
+  "instead of the logits.",
 )
 _FROM_TORCH = flags.DEFINE_string(
   "from_torch",
@@ -142,12 +155,15 @@ def main(argv):
       dense_reserve=_DENSE_RESERVE.value,
       fuse=_FUSE.value,
       exports=exports,
+      features=_FEATURES.value,
     )
   except (run.RunError, export.ExportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(export.format_report(report))
   form = "fine-tuning form (BN kept)" if _KEEP_BN.value else "deploy form (BN folded)"
+  taps = report["plain"].taps
+  form += f", {len(taps)} feature maps" if taps else ""
   print(f"wrote {report['plain_dir']} ({len(report['plain'].layers)} layers, {form})")
   for fmt, c in report.get("exports", {}).items():
     print(f"wrote {c['path']} ({fmt})")

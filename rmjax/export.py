@@ -38,10 +38,10 @@ def _sizes(apply_fn, variables, input_shape) -> tuple[int, int]:
   return count_params(variables["params"]), count_macs(apply_fn, variables, x)
 
 
-def _compare(source: run.Run, plain, plain_vars, images) -> dict[str, float]:
+def _compare(source: run.Run, plain, plain_vars, images, features=False) -> dict[str, float]:
   return verify.difference(
-    verify.eval_logits(source.model, source.variables, images),
-    verify.eval_logits(plain, plain_vars, images),
+    verify.eval_logits(source.model, source.variables, images, features=features),
+    verify.eval_logits(plain, plain_vars, images, features=features),
   )
 
 
@@ -58,6 +58,7 @@ def export_plain(
   fuse: bool = True,
   check_batch: int = 8,
   exports: tuple[str, ...] = (),
+  features: bool = False,
 ) -> dict[str, Any]:
   """Converts `source`, checks it, and writes `plain_dir` atomically; returns the report.
 
@@ -69,6 +70,10 @@ def export_plain(
   `exports` (formats of `rmjax.deploy`) are written next to `plain_dir`
   (`deploy.artefact_path`), reloaded and held to the same bound against the plain
   network on the random batch; they and PLAIN are put in place only when all passed.
+
+  `features` (backbone mode): PLAIN records the model's feature taps
+  (`rm_convert(..., features=True)`), every check compares the feature maps (each map by the
+  rule on its own scale), and the exports compute the maps, one output per tap.
   """
   if not tolerance >= 0:
     raise ExportError(f"the tolerance must be >= 0, got {tolerance}")
@@ -76,12 +81,19 @@ def export_plain(
   check_writable(plain_dir, overwrite, exports)
   try:
     plain, plain_vars = transforms.rm_convert_jit(
-      source.model, source.variables, keep_bn=keep_bn, dense_reserve=dense_reserve, fuse=fuse
+      source.model,
+      source.variables,
+      keep_bn=keep_bn,
+      dense_reserve=dense_reserve,
+      fuse=fuse,
+      features=features,
     )
-  except ValueError as e:
+  except (ValueError, TypeError) as e:  # TypeError: a model without feature taps
     raise ExportError(f"{source.name} cannot be converted: {e}") from None
+  if features and not plain.taps:
+    raise ExportError(f"{source.name} is a plain network without feature taps: no features")
   images = jax.random.normal(jax.random.key(0), (check_batch, *source.input_shape), jnp.float32)
-  checks = {"random": _compare(source, plain, plain_vars, images)}
+  checks = {"random": _compare(source, plain, plain_vars, images, features)}
   if eval_dataset:
     try:
       batch = next(iter(data.eval_batches(eval_dataset, batch_size=64, data_dir=data_dir)))
@@ -93,7 +105,7 @@ def export_plain(
         f"--eval_dataset {eval_dataset} has images of shape {real.shape[1:]}, the model takes "
         f"{source.input_shape}"
       )
-    checks[eval_dataset] = _compare(source, plain, plain_vars, jnp.asarray(real))
+    checks[eval_dataset] = _compare(source, plain, plain_vars, jnp.asarray(real), features)
   report = {
     "checks": checks,
     "tolerance": tolerance,
@@ -106,6 +118,7 @@ def export_plain(
     ),
     "plain": plain,
     "plain_dir": plain_dir,
+    "features": features,
   }
   for name, c in checks.items():
     if not verify.within(c, tolerance):
@@ -121,6 +134,7 @@ def export_plain(
     "keep_bn": keep_bn,
     "dense_reserve": dense_reserve,
     "fuse": fuse,
+    **({"features": True} if features else {}),
     "checks": checks,
   }
   staging = None
@@ -155,15 +169,17 @@ def _stage_exports(formats, plain, plain_vars, input_shape, images, staging, rep
   `images`; returns `(staged path, final path)` pairs. Adds `report["exports"]`."""
   if not formats:
     return []
-  want = verify.eval_logits(plain, plain_vars, images)
+  features = report["features"]
+  want = verify.eval_logits(plain, plain_vars, images, features=features)
   report["exports"] = {}
   staged = []
   for fmt in formats:
     final = deploy.artefact_path(report["plain_dir"], fmt)
     tmp = os.path.join(staging, os.path.basename(final))
     try:
-      deploy.EXPORTERS[fmt](plain, plain_vars, input_shape, tmp)
-      got = np.asarray(deploy.LOADERS[fmt](tmp)(np.asarray(images)))
+      deploy.EXPORTERS[fmt](plain, plain_vars, input_shape, tmp, **_features(features))
+      got = deploy.LOADERS[fmt](tmp)(np.asarray(images))
+      got = tuple(map(np.asarray, got)) if features else np.asarray(got)
     except Exception as e:  # jax.export / TensorFlow / ONNX errors: name the format, write nothing
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise ExportError(
@@ -186,6 +202,11 @@ def _with_digest(tmp: str, final: str) -> list[tuple[str, str]]:
   if os.path.isfile(tmp):
     return [(tmp, final), (integrity.digest_file(tmp), integrity.digest_file(final))]
   return [(tmp, final)]
+
+
+def _features(features: bool) -> dict[str, bool]:
+  # Only where asked: an exporter registered without the keyword still serves logits.
+  return {"features": True} if features else {}
 
 
 def check_writable(plain_dir: str, overwrite: bool, exports: tuple[str, ...] = ()) -> None:
@@ -221,18 +242,30 @@ def format_report(report: dict[str, Any]) -> str:
   for name, c in report["checks"].items():
     lines.append(
       f"{name:16}{c['examples']:>10}{c['max_abs_diff']:>14.3g}{c['logit_scale']:>14.3g}"
-      f"{c['top1_agreement']:>14.2%}"
+      f"{_agreement(c)}"
     )
   for fmt, c in report.get("exports", {}).items():
     lines.append(
       f"{fmt + ' file':16}{c['examples']:>10}{c['max_abs_diff']:>14.3g}{c['logit_scale']:>14.3g}"
-      f"{c['top1_agreement']:>14.2%}  (vs plain) {c['path']}"
+      f"{_agreement(c)}  (vs plain) {c['path']}"
+    )
+  if report.get("features"):
+    lines.append(
+      f"features: the outputs of layers {', '.join(map(str, report['plain'].taps))}; each row "
+      "is the worst map's (max |logit| = that map's max |value|)"
     )
   lines.append(
     f"tolerance {report['tolerance']:g} x max(1, max |logit|) on max |diff| (relative to the"
     " logit scale above 1)"
   )
   return "\n".join(lines)
+
+
+def _agreement(c: dict[str, Any]) -> str:
+  """The top-1 column: agreement for logits; for feature maps, which map the row is."""
+  if "map" in c:
+    return f"{'map ' + str(c['map']):>14}"
+  return f"{c['top1_agreement']:>14.2%}"
 
 
 # --- evaluation of checkpoints and plain directories ----------------------------------------

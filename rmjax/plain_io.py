@@ -2,7 +2,9 @@
 
 A PLAIN directory holds
   plain.json     the architecture: format version, the layer specs (`PlainNet.layers`, one JSON
-                 object per layer), the input shape, and where it came from (model, checkpoint);
+                 object per layer), the feature taps (`PlainNet.taps`; only where there are
+                 any, so files without them load as before), the input shape, and where it
+                 came from (model, checkpoint);
   variables/     the variables (orbax), restored against shapes derived from plain.json;
   SHA256SUMS     the SHA-256 of every file (`sha256sum -c SHA256SUMS` checks it by hand).
 
@@ -73,6 +75,18 @@ def layers_from_json(entries) -> tuple[plain_layers.Layer, ...]:
   return tuple(layers)
 
 
+def plain_from_arch(arch: dict[str, Any]) -> plain_layers.PlainNet:
+  """The `PlainNet` a parsed plain.json (`read_arch`) describes: its layers and taps."""
+  layers = layers_from_json(arch["layers"])
+  taps = arch.get("taps", [])
+  if not isinstance(taps, list) or not all(isinstance(t, int) for t in taps):
+    raise PlainFormatError(f"taps {taps!r}: expected a list of layer indices")
+  try:
+    return plain_layers.PlainNet(layers, taps=tuple(taps))
+  except ValueError as e:
+    raise PlainFormatError(str(e)) from None
+
+
 def save_plain(
   path: str,
   plain: plain_layers.PlainNet,
@@ -105,6 +119,8 @@ def save_plain(
       "layers": layers_to_json(plain.layers),
       "source": source or {},
     }
+    if plain.taps:
+      arch["taps"] = list(plain.taps)
     with open(os.path.join(tmp, ARCH_FILE), "w") as f:
       json.dump(arch, f, indent=1)
       f.write("\n")
@@ -158,7 +174,7 @@ def load_plain(path: str):
     except integrity.DigestError as e:
       raise PlainFormatError(f"{path} cannot be used: {e}") from None
   arch = read_arch(path)
-  plain = plain_layers.PlainNet(layers_from_json(arch["layers"]))
+  plain = plain_from_arch(arch)
   try:
     target = abstract_variables(plain, tuple(arch["input_shape"]))
   except Exception as e:  # flax asserts on inconsistent widths

@@ -203,10 +203,11 @@ def plain_architecture(path: str) -> tuple[PlainNet, tuple[int, ...]]:
   """
   try:
     arch = plain_io.read_arch(path)
-    layers = plain_io.layers_from_json(arch["layers"])
+    plain = plain_io.plain_from_arch(arch)
   except plain_io.PlainFormatError as e:
     raise plain_io.PlainFormatError(f"config.init_from: {e}") from None
-  plain = PlainNet(tuple(x.unstructured() if isinstance(x, Conv) else x for x in layers))
+  layers = tuple(x.unstructured() if isinstance(x, Conv) else x for x in plain.layers)
+  plain = PlainNet(layers, taps=plain.taps)
   return plain, tuple(arch["input_shape"])
 
 

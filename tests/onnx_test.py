@@ -31,6 +31,7 @@ from rmjax.models.plain import (
   PlainNet,
   PReLU,
   ReLU,
+  SqueezeExcite,
 )
 from rmjax.models.repvgg import ReservingRepBlock
 from rmjax.testing import eval_logits, random_variables
@@ -69,7 +70,7 @@ SIGNS = {
   ),
 }
 
-convert = jax.jit(transforms.rm_convert, static_argnums=0, static_argnames="keep_bn")
+convert = jax.jit(transforms.rm_convert, static_argnums=0, static_argnames=("keep_bn", "features"))
 
 
 @functools.cache
@@ -345,3 +346,56 @@ def test_convert_cli_writes_nothing_when_the_onnx_model_is_wrong(capsys, tmp_pat
     "the onnx export failed (OnnxExportError: the ONNX model differs from the plain network",
     "layer 5 (Conv: Conv(128, 64",
   )
+
+
+# --- squeeze-and-excitation, and backbone mode -----------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [5, 8], ids=["reserved_pass_through", "all_gated"])
+def test_squeeze_excite_layer(tmp_path, channels):
+  """The plain SqueezeExcite layer: the first `channels` channels gated, the rest untouched; a
+  wrong fc2 weight is caught and named."""
+  net = PlainNet(
+    (Conv(3, 8, 3, padding=1), ReLU(), SqueezeExcite(8, 3, channels), GlobalAvgPool(), Dense(8, 4))
+  )
+  x = images(3, (6, 6, 3))
+  variables = random_variables(net, x, seed=5)
+  path = str(tmp_path / "se.onnx")
+  onnx_export.export_onnx(net, variables, (6, 6, 3), path)
+  model = onnx.load(path)
+  assert {"GlobalAveragePool", "Sigmoid", "Mul"} <= ops(model)
+  assert ("Concat" in ops(model)) == (channels < 8)
+  assert_same_logits(onnx_export.load_onnx(path)(x), net, variables, x)
+  # Layer by layer, on its own input: the SE layer's output maps back to layer 2.
+  rows = onnx_export.compare_layers(model, net, variables, x)
+  assert rows[2]["type"] == "SqueezeExcite" and rows[2]["relative"] < 1e-5
+  wrong = corrupt("layers_2/fc2/kernel", 1.5)(net, variables, (6, 6, 3))
+  rows = onnx_export.compare_layers(wrong, net, variables, x)
+  assert [r["layer"] for r in rows if r["relative"] > 1e-4] == [2]
+
+
+@pytest.mark.parametrize("layout", onnx_export.LAYOUTS)
+def test_converted_se_networks_export_with_one_output_per_feature_map(tmp_path, layout):
+  """An SE-ResNet's and an SE-MobileNetV2's plain networks (gates of their own channels
+  beside reserved ones), in backbone mode: `features_{k}` is feature map k."""
+  nets = {
+    "seresnet18": dict(stem="imagenet", se_reduction=4, stage_sizes=(1, 1, 1, 1), **NARROW),
+    "mobilenetv2": dict(stem="cifar", width=0.35, se_ratio=0.25),
+  }
+  for name, kwargs in nets.items():
+    model = models.create(name, num_classes=10, **kwargs)
+    variables = random_variables(model, np.zeros((1, *SHAPE), np.float32), seed=2)
+    plain, plain_vars = convert(model, variables, features=True)
+    assert any(isinstance(layer, SqueezeExcite) for layer in plain.layers)
+    path = str(tmp_path / f"{name}.onnx")
+    onnx_export.export_onnx(plain, plain_vars, SHAPE, path, layout=layout, features=True)
+    outputs = [o.name for o in onnx.load(path).graph.output]
+    assert outputs == [f"features_{k}" for k in range(len(plain.taps))]
+    x = images(2)
+    got = onnx_export.load_onnx(path)(x if layout == "nhwc" else np.transpose(x, (0, 3, 1, 2)))
+    want = eval_logits(model, variables, x, features=True)  # the residual network's maps
+    assert len(got) == len(want) == len(model.feature_taps())
+    for g, w in zip(got, want, strict=True):
+      g = g if layout == "nhwc" else np.transpose(g, (0, 2, 3, 1))
+      scale = float(np.max(np.abs(w)))
+      chex.assert_trees_all_close(g, np.asarray(w), atol=1e-4 * max(1.0, scale), rtol=0)

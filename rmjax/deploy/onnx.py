@@ -9,7 +9,8 @@ trace, and every attribute is the layer's own): Conv (`group`, explicit `pads`, 
 asymmetric, or for `padding="same"` (TensorFlow's "SAME") `auto_pad="SAME_UPPER"`), Relu, Clip
 (ReLU6), PRelu followed by `Min` with a per-channel bound (max_value on the first `clipped`
 channels, +inf on the rest: exact, as `min(y, inf) = y`), MaxPool (ONNX pads max pooling with
--inf, as PyTorch and rmjax do), GlobalAveragePool + Flatten, Gemm. `export_onnx` runs the model
+-inf, as PyTorch and rmjax do), GlobalAveragePool + Flatten, Gemm, and the squeeze-and-excitation
+layer (`SqueezeExcite`, see `_squeeze_excite`). `export_onnx` runs the model
 in ONNX Runtime (CPU) on a random batch against `plain.apply` and writes nothing unless it
 agrees; on a mismatch the error names the layer that computes something else (`worst_layer`).
 
@@ -35,7 +36,10 @@ Opset 21 (IR version 10): the newest of onnx 1.16, so that every onnx and onnxru
 Names: every node is named after its output. `layers_{i}` is layer i's output, `layers_{i}/...`
 a step inside it, and its weights are `layers_{i}/kernel`, `/bias`, `/scale`, `/mean`, `/var`,
 `/slope` (Flax's `variables[...]["layers_{i}"]`). The graph input is `images`
-(`[batch, *input_shape]`, the batch dimension symbolic), the output `logits`.
+(`[batch, *input_shape]`, the batch dimension symbolic), the output `logits` — or, with
+`features=True` (backbone mode: a PlainNet with taps), one output per tap, `features_{k}` the
+output of layer `plain.taps[k]`, in the artefact's layout; the layers after the last tap (the
+head) are left out, as `plain.apply(..., features=True)` does not run them.
 
 onnx and onnxruntime are imported only when a function here is called; without them that call
 raises an ImportError that says `pip install 'rmjax[deploy]'`.
@@ -43,12 +47,14 @@ raises an ImportError that says `pip install 'rmjax[deploy]'`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
 import numpy as np
 
 from rmjax import atomic, verify
+from rmjax.deploy.jax_formats import FEATURES
 from rmjax.models.plain import (
   SAME,
   BatchNorm,
@@ -59,6 +65,7 @@ from rmjax.models.plain import (
   PlainNet,
   PReLU,
   ReLU,
+  SqueezeExcite,
 )
 
 OPSET = 21
@@ -93,8 +100,8 @@ class _Graph:
     self.nodes, self.initializers = [], []
     self.rank = 4
 
-  def const(self, name: str, value) -> str:
-    self.initializers.append(self.numpy_helper.from_array(np.asarray(value, np.float32), name))
+  def const(self, name: str, value, dtype=np.float32) -> str:
+    self.initializers.append(self.numpy_helper.from_array(np.asarray(value, dtype), name))
     return name
 
   def node(self, op: str, inputs, output: str, **attrs) -> str:
@@ -189,6 +196,35 @@ def _dense(g: _Graph, layer: Dense, v, x: str, name: str) -> str:
   return g.node("Gemm", [x, kernel, g.const(f"{name}/bias", v["params"]["bias"])], name)
 
 
+def _channels(g: _Graph, x: str, start: int, stop: int, name: str) -> str:
+  """Channels `[start, stop)` of NCHW tensor `x`."""
+  ends = [g.const(f"{name}/{key}", [v], np.int64) for key, v in (("starts", start), ("ends", stop))]
+  return g.node("Slice", [x, *ends, g.const(f"{name}/axes", [1], np.int64)], name)
+
+
+def _squeeze_excite(g: _Graph, layer: SqueezeExcite, v, x: str, name: str) -> str:
+  """`rmjax.models.squeeze_excite`: the first `channels` channels times
+  `sigmoid(fc2(relu(fc1(their mean over H, W))))`, the others concatenated back untouched.
+  fc1 and fc2 are 1x1 Convs on the pooled `(N, C, 1, 1)` tensor — dense layers that keep it
+  4-D, so the gate broadcasts over H and W in the Mul without reshapes."""
+  c, params = layer.channels, v["params"]
+  gated = x if c == layer.features else _channels(g, x, 0, c, f"{name}/gated")
+  s = g.node("GlobalAveragePool", [gated], f"{name}/squeeze")
+  for fc, act in (("fc1", "Relu"), ("fc2", "Sigmoid")):
+    kernel = np.asarray(params[fc]["kernel"]).T[:, :, None, None]  # (in, out) -> OIHW 1x1
+    weights = [
+      g.const(f"{name}/{fc}/kernel", kernel),
+      g.const(f"{name}/{fc}/bias", params[fc]["bias"]),
+    ]
+    s = g.node("Conv", [s, *weights], f"{name}/{fc}", kernel_shape=[1, 1])
+    s = g.node(act, [s], f"{name}/{fc}/{act.lower()}")
+  if c == layer.features:
+    return g.node("Mul", [x, s], name)
+  y = g.node("Mul", [gated, s], f"{name}/excited")
+  passed = _channels(g, x, c, layer.features, f"{name}/passed")
+  return g.node("Concat", [y, passed], name, axis=1)
+
+
 # Layer type -> (emitter, input ranks it takes, output rank; None: the input's).
 _EMITTERS = {
   Conv: (_conv, (4,), 4),
@@ -196,6 +232,7 @@ _EMITTERS = {
   ReLU: (_relu, (4, 2), None),
   PReLU: (_prelu, (4, 2), None),
   MaxPool: (_max_pool, (4,), 4),
+  SqueezeExcite: (_squeeze_excite, (4,), 4),
   GlobalAvgPool: (_global_avg_pool, (4,), 2),
   Dense: (_dense, (2,), 2),
 }
@@ -207,9 +244,11 @@ def _layer_variables(variables, i: int) -> dict:
   return {col: tree[name] for col, tree in variables.items() if name in tree}
 
 
-def _emit_layers(g: _Graph, plain: PlainNet, variables, x: str) -> str:
-  """Adds every layer's nodes after tensor `x` (NCHW); returns the last output."""
-  for i, layer in enumerate(plain.layers):
+def _emit_layers(g: _Graph, layers, variables, x: str) -> list[tuple[str, int]]:
+  """Adds the nodes of `layers` (a PlainNet's, from its first) after tensor `x` (NCHW);
+  returns each layer's output and its rank."""
+  outputs = []
+  for i, layer in enumerate(layers):
     if type(layer) not in _EMITTERS:
       raise OnnxExportError(
         f"layer {i} ({type(layer).__name__}: {layer}) has no ONNX mapping; to_onnx exports "
@@ -225,16 +264,20 @@ def _emit_layers(g: _Graph, plain: PlainNet, variables, x: str) -> str:
       )
     x = emit(g, layer, _layer_variables(variables, i), x, f"layers_{i}")
     g.rank = out_rank or g.rank
-  return x
+    outputs.append((x, g.rank))
+  return outputs
 
 
-def to_onnx(plain: PlainNet, variables, input_shape, *, layout: str = "nhwc"):
+def to_onnx(
+  plain: PlainNet, variables, input_shape, *, layout: str = "nhwc", features: bool = False
+):
   """The ONNX model (`onnx.ModelProto`, opset `OPSET`) of `plain` with `variables`, unchecked.
 
   Args:
     input_shape: one image without the batch axis, NHWC as rmjax takes it, e.g. `(224, 224, 3)`.
     layout: "nhwc" (the default) or "nchw": the layout of the model's input `images` (and of
       its output, if the network ends before a GlobalAvgPool).
+    features: one output `features_{k}` per tap (`plain.taps`) instead of `logits`.
 
   Raises OnnxExportError naming the layer (index and type) that has no ONNX form. Node and
   initializer names map back to `plain.layers` (see the module docstring), so a quantizer or a
@@ -250,24 +293,35 @@ def to_onnx(plain: PlainNet, variables, input_shape, *, layout: str = "nhwc"):
     raise OnnxExportError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
   input_shape = tuple(int(d) for d in input_shape)
   variables = jax.device_get(variables)
-  out = jax.eval_shape(plain.apply, variables, jax.ShapeDtypeStruct((1, *input_shape), np.float32))
+  x = jax.ShapeDtypeStruct((1, *input_shape), np.float32)
+  shapes = jax.eval_shape(functools.partial(plain.apply, features=features), variables, x)
   g = _Graph(onnx)
   x = INPUT if layout == "nchw" else g.node("Transpose", [INPUT], f"{INPUT}/nchw", perm=_NCHW)
-  y = _emit_layers(g, plain, variables, x)
-  if g.rank == 4 and layout == "nhwc":
-    g.node("Transpose", [y], OUTPUT, perm=_NHWC)
+  if features:
+    layers = _emit_layers(g, plain.layers[: plain.taps[-1] + 1], variables, x)
+    taps = zip(plain.taps, shapes, strict=True)
+    ends = [(FEATURES.format(k), layers[i], y) for k, (i, y) in enumerate(taps)]
   else:
-    g.node("Identity", [y], OUTPUT)
-  in_shape, out_shape = ["batch", *input_shape], ["batch", *out.shape[1:]]
+    ends = [(OUTPUT, _emit_layers(g, plain.layers, variables, x)[-1], shapes)]
+  helper, floats = onnx.helper, onnx.TensorProto.FLOAT
+  outputs = []
+  for name, (y, rank), shape in ends:
+    if rank == 4 and layout == "nhwc":
+      g.node("Transpose", [y], name, perm=_NHWC)
+    else:
+      g.node("Identity", [y], name)
+    out_shape = ["batch", *shape.shape[1:]]
+    if layout == "nchw" and len(out_shape) == 4:
+      out_shape = [out_shape[i] for i in _NCHW]
+    outputs.append(helper.make_tensor_value_info(name, floats, out_shape))
+  in_shape = ["batch", *input_shape]
   if layout == "nchw":
     in_shape = [in_shape[i] for i in _NCHW]
-    out_shape = [out_shape[i] for i in _NCHW] if len(out_shape) == 4 else out_shape
-  helper, floats = onnx.helper, onnx.TensorProto.FLOAT
   graph = helper.make_graph(
     g.nodes,
     "PlainNet",
     [helper.make_tensor_value_info(INPUT, floats, in_shape)],
-    [helper.make_tensor_value_info(OUTPUT, floats, out_shape)],
+    outputs,
     initializer=g.initializers,
   )
   model = helper.make_model(
@@ -291,8 +345,9 @@ def _session(model_bytes: bytes, threads: int):
 
 
 def load_onnx(path: str, *, threads: int = 2) -> Callable:
-  """The function an ONNX artefact computes: images (in its layout, any batch) -> logits, run
-  by ONNX Runtime's CPU provider on `threads` threads.
+  """The function an ONNX artefact computes: images (in its layout, any batch) -> logits (or,
+  for a features export, the tuple of feature maps), run by ONNX Runtime's CPU provider on
+  `threads` threads.
 
   Example:
     >>> logits = load_onnx("/tmp/plain.onnx")(np.zeros((4, 32, 32, 3), np.float32))
@@ -300,7 +355,14 @@ def load_onnx(path: str, *, threads: int = 2) -> Callable:
   _require()
   with open(path, "rb") as f:
     session = _session(f.read(), threads)
-  return lambda images: session.run([OUTPUT], {INPUT: np.asarray(images, np.float32)})[0]
+  return lambda images: _run(session, np.asarray(images, np.float32))
+
+
+def _run(session, images: np.ndarray):
+  """Logits, or the tuple of feature maps of a features export."""
+  names = [o.name for o in session.get_outputs()]
+  got = session.run(names, {INPUT: images})
+  return got[0] if names == [OUTPUT] else tuple(got)
 
 
 def _to_layout(images: np.ndarray, layout: str) -> np.ndarray:
@@ -317,12 +379,14 @@ def export_onnx(
   check_batch: int = 8,
   tolerance: float = verify.TOLERANCE,
   threads: int = 2,
+  features: bool = False,
 ) -> dict[str, float]:
   """Writes `plain` with its `variables` as an ONNX model to `path`, once it is checked.
 
   The check: ONNX Runtime (CPU) and `plain.apply` (float32, "highest" matmul precision) on
   `check_batch` N(0, 1) images; the model is refused when max |logit difference| > tolerance x
-  max(1, max |logit|), the rule of `rmjax.verify`. Then nothing is written, and the error names
+  max(1, max |logit|), the rule of `rmjax.verify` (with `features`, one output per tap, each
+  held to that rule on its own scale). Then nothing is written, and the error names
   the layer whose output differs most relative to its own scale (`worst_layer`). The file is
   written atomically (`rmjax.atomic`). Returns the check (`verify.difference`).
 
@@ -331,7 +395,7 @@ def export_onnx(
     >>> load_onnx("/tmp/plain.onnx")(images)  # NHWC float32, any batch size
   """
   onnx, _ = _require()
-  model = to_onnx(plain, variables, input_shape, layout=layout)
+  model = to_onnx(plain, variables, input_shape, layout=layout, features=features)
   if model.ByteSize() > _MAX_BYTES:
     raise OnnxExportError(
       f"the ONNX model needs {model.ByteSize() / 2**30:.1f} GiB, over protobuf's 2 GiB limit "
@@ -341,10 +405,11 @@ def export_onnx(
   data = model.SerializeToString()
   rng = np.random.default_rng(0)
   images = rng.standard_normal((check_batch, *input_shape)).astype(np.float32)
-  want = np.asarray(verify.eval_logits(plain, variables, images))
-  got = _session(data, threads).run([OUTPUT], {INPUT: _to_layout(images, layout)})[0]
-  if want.ndim == 4 and layout == "nchw":
-    got = np.transpose(got, _NHWC)
+  want = verify.eval_logits(plain, variables, images, features=features)
+  got = _run(_session(data, threads), _to_layout(images, layout))
+  if layout == "nchw":
+    nhwc = [np.transpose(y, _NHWC) if y.ndim == 4 else y for y in (got if features else [got])]
+    got = tuple(nhwc) if features else nhwc[0]
   check = verify.difference(want, got)
   if not verify.within(check, tolerance):
     raise OnnxExportError(

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from rmjax.models.conv import Conv
+from rmjax.models.features import run_chain, tap_indices
 
 # torchvision's defaults: BN eps 1e-5, running-average momentum 0.1 (flax counts the other way).
 BN_EPSILON = 1e-5
@@ -104,11 +105,21 @@ class BlockNetwork(nn.Module):
   def layout(self) -> tuple[nn.Module, ...]:
     raise TypeError(f"{type(self).__name__} must define layout()")
 
+  def feature_taps(self) -> tuple[str, ...]:
+    """The names of the blocks whose outputs `features=True` returns (`rmjax.models.features`)."""
+    raise TypeError(f"{type(self).__name__} does not define feature_taps()")
+
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    for part in self.layout():
-      x = part.clone(parent=self, name=part.name)(x, train=train)
-    return x
+  def __call__(self, x, train: bool = False, *, features: bool = False):
+    """Logits; with `features=True` the tuple of the tapped blocks' outputs, finest first (the
+    blocks after the last tap, the head among them, do not run)."""
+    layout = self.layout()
+    taps = tap_indices(layout, self.feature_taps()) if features else ()
+
+    def step(part):
+      return lambda x: part.clone(parent=self, name=part.name)(x, train=train)
+
+    return run_chain([step(part) for part in layout], x, taps)
 
 
 class StagedNetwork(BlockNetwork):
@@ -155,3 +166,7 @@ class StagedNetwork(BlockNetwork):
         in_features = block.out_features
     parts.append(Head(self.num_classes, parent=None, name="head"))
     return tuple(parts)
+
+  def feature_taps(self) -> tuple[str, ...]:
+    """The last block of every stage (`layout()` names it `layer{i + 1}_{size - 1}`)."""
+    return tuple(f"layer{i + 1}_{n - 1}" for i, n in enumerate(self.stage_sizes) if n)

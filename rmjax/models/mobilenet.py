@@ -309,6 +309,17 @@ class MobileNetV2(BlockNetwork):
     parts.append(Head(self.num_classes, parent=None, name="head"))
     return tuple(parts)
 
+  def feature_taps(self) -> tuple[str, ...]:
+    """The last block at each resolution (`last_blocks`): its linear bottleneck's output."""
+    return last_blocks([b.stride for b in self.blocks])
+
+
+def last_blocks(strides) -> tuple[str, ...]:
+  """The names (`block{k}`, from 1) of the blocks followed by a strided block or by none: the
+  last one at each resolution, where a MobileNet's feature maps are (its backbone mode)."""
+  n = len(strides)
+  return tuple(f"block{k + 1}" for k in range(n) if k == n - 1 or strides[k + 1] > 1)
+
 
 def make_divisible(value: float, divisor: int = 8) -> int:
   """`value` rounded to a multiple of `divisor`, never below it nor 10% below `value` (the
@@ -434,6 +445,10 @@ class MobileNetV1(BlockNetwork):
       features = out
     parts.append(Head(self.num_classes, parent=None, name="head"))
     return tuple(parts)
+
+  def feature_taps(self) -> tuple[str, ...]:
+    """The last block at each resolution (`last_blocks`)."""
+    return last_blocks([s for _, s, _ in mobilenetv1_blocks(self.width)])
 
 
 def mobilenetv2_to_v1(

@@ -17,6 +17,7 @@ Variables follow Flax conventions; the layer at index i owns the collection entr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 
 import flax.linen as nn
@@ -26,6 +27,7 @@ from jax import lax
 
 # The Flax layer (an `nn.Conv` drop-in with fast CPU formulations) that runs a plain `Conv`.
 from rmjax.models.conv import Conv as ConvLayer
+from rmjax.models.features import check_taps, run_chain
 from rmjax.models.squeeze_excite import SqueezeExcitation
 from rmjax.models.structured import StructuredConv, runs_structured
 
@@ -303,28 +305,50 @@ Layer = Conv | BatchNorm | ReLU | PReLU | SqueezeExcite | MaxPool | GlobalAvgPoo
 
 
 class PlainNet(nn.Module):
-  """A single-path network: `layers[i+1]` consumes exactly what `layers[i]` produced."""
+  """A single-path network: `layers[i+1]` consumes exactly what `layers[i]` produced.
+
+  `taps`: indices of the layers whose outputs are the network's feature maps, what
+  `features=True` returns (backbone mode, `rmjax.models.features`); `rm_convert(...,
+  features=True)` puts them where the model's feature maps are.
+  """
 
   layers: tuple[Layer, ...]
+  taps: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    object.__setattr__(self, "taps", check_taps(self.taps, len(self.layers), "PlainNet"))
+    super().__post_init__()
 
   @nn.compact
-  def __call__(self, x, train: bool = False, *, structured: bool | None = None):
+  def __call__(
+    self, x, train: bool = False, *, structured: bool | None = None, features: bool = False
+  ):
     """`structured=True` runs the convs with recorded Dirac structure as conv + copies + adds
     (`rmjax.models.structured`): the same function without multiplying the zeros; `False`
     runs every conv dense. `None` (the default) picks per conv what is faster on the platform
-    (`structured.runs_structured`); dense when training."""
+    (`structured.runs_structured`); dense when training. `features=True` returns the tuple of
+    the outputs of the layers at `taps` instead (the layers after the last tap do not run)."""
+    if features and not self.taps:
+      raise ValueError("features=True needs a PlainNet with taps (rm_convert(..., features=True))")
     platform = jax.default_backend()
-    for i, layer in enumerate(self.layers):
+
+    def step(i, layer):
       auto = structured is None and not train and runs_structured(layer, platform)
       if auto or (structured and isinstance(layer, Conv) and layer.structured):
-        x = StructuredConv(layer, name=f"layers_{i}")(x)
-      else:
-        x = layer(x, train=train, name=f"layers_{i}")
-    return x
+        return lambda x: StructuredConv(layer, name=f"layers_{i}")(x)
+      return functools.partial(layer, train=train, name=f"layers_{i}")
+
+    steps = [step(i, layer) for i, layer in enumerate(self.layers)]
+    return run_chain(steps, x, self.taps if features else ())
 
   def summary(self) -> str:
-    """The layer sequence, one numbered line per layer (the paper's Table 4 format)."""
-    lines = [f"  ({i}): {layer}" for i, layer in enumerate(self.layers)]
+    """The layer sequence, one numbered line per layer (the paper's Table 4 format); a tap's
+    line ends with `-> features[k]`."""
+    feature = {i: k for k, i in enumerate(self.taps)}
+    lines = [
+      f"  ({i}): {layer}" + (f"  -> features[{feature[i]}]" if i in feature else "")
+      for i, layer in enumerate(self.layers)
+    ]
     return "PlainNet(\n" + "\n".join(lines) + "\n)"
 
   def __str__(self):

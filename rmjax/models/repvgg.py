@@ -206,6 +206,10 @@ class RepVGG(BlockNetwork):
     parts.append(Head(self.num_classes, parent=None, name="head"))
     return tuple(parts)
 
+  def feature_taps(self) -> tuple[str, ...]:
+    """The last block of every stage (a RepBlock: an unpaired last block stays one)."""
+    return tuple(f"layer{i + 1}_{n - 1}" for i, n in enumerate(self.stage_sizes) if n)
+
 
 def _repvgg(stage_sizes, a: float, b: float, groups: int = 1):
   """RepVGG-A/B with width multipliers `a` (stages 1-3) and `b` (stage 4), RepVGG's Table 2."""

@@ -22,6 +22,8 @@ Building blocks, by the paper's steps:
   repvgg_reparam      a RepVGG block's 3x3, 1x1 and identity branches -> one 3x3 conv (Eq. 1)
   rm_convert          the whole network, one registered converter per block type
   rm_convert_jit      the same, jitted (model and options static, variables traced)
+  rm_convert_subtree  the same for a network whose variables are a sub-tree of a larger
+                      module's (a detector's backbone): the plain variables go back in place
   prune               network slimming of a keep_bn plain network: drop channels whose |BN scale|
                       is below a threshold (Sec. 4.2, Fig. 4); not jittable (values pick shapes)
   prune_resnet        the ResNet baseline of Sec. 5.1: slimming with the residual connections in
@@ -52,6 +54,7 @@ from rmjax.transforms.prune import prune
 from rmjax.transforms.prune_resnet import prune_resnet
 from rmjax.transforms.repvgg import repvgg_reparam
 from rmjax.transforms.rm import merge, reserve, reserve_grouped
+from rmjax.transforms.subtree import replace_subtree, rm_convert_subtree, subtree
 
 __all__ = [
   "Emitted",
@@ -69,9 +72,12 @@ __all__ = [
   "prune",
   "prune_resnet",
   "register_converter",
+  "replace_subtree",
   "repvgg_reparam",
   "reserve",
   "reserve_grouped",
   "rm_convert",
   "rm_convert_jit",
+  "rm_convert_subtree",
+  "subtree",
 ]

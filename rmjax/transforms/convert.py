@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from rmjax.models.features import tap_indices
 from rmjax.models.plain import SAME, BatchNorm, Conv, Layer, PlainNet
 from rmjax.transforms.batchnorm import fold_batchnorm
 from rmjax.transforms.fuse import fuse_pointwise
@@ -222,10 +223,14 @@ def _plain_emitted(plain: PlainNet, variables) -> list[Emitted]:
 
 
 @functools.lru_cache(maxsize=64)
-def _expected_shapes(model: nn.Module, in_channels: int) -> dict[str, jax.ShapeDtypeStruct]:
+def _expected_shapes(
+  model: nn.Module, in_channels: int, features: bool = False
+) -> dict[str, jax.ShapeDtypeStruct]:
   # Parameter shapes do not depend on the spatial size; 32x32 survives a stride-32 network.
   x = jax.ShapeDtypeStruct((1, 32, 32, in_channels), jnp.float32)
-  abstract = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+  kwargs = {"features": True} if features else {}
+  init = functools.partial(model.init, train=False, **kwargs)
+  abstract = jax.eval_shape(init, jax.random.key(0), x)
   return traverse_util.flatten_dict(abstract, sep="/")
 
 
@@ -240,14 +245,19 @@ def _in_channels(model, params) -> int:
   return kernels[0].shape[-2] if kernels and len(kernels[0].shape) == 4 else 3
 
 
-def check_variables(model: nn.Module, variables) -> None:
-  """Raises ValueError naming every path of `variables` that does not match `model`."""
-  if not isinstance(variables, Mapping) or not isinstance(variables.get("params"), Mapping):
+def _is_variables(variables) -> bool:
+  return isinstance(variables, Mapping) and isinstance(variables.get("params"), Mapping)
+
+
+def check_variables(model: nn.Module, variables, *, features: bool = False) -> None:
+  """Raises ValueError naming every path of `variables` that does not match `model` (with
+  `features`, its backbone: `model.init(..., features=True)`, no head)."""
+  if not _is_variables(variables):
     raise ValueError(
       "variables must be a dict with a 'params' collection (as returned by model.init), "
       f"got {type(variables).__name__}"
     )
-  expected = _expected_shapes(model, _in_channels(model, variables["params"]))
+  expected = _expected_shapes(model, _in_channels(model, variables["params"]), features)
   flat = traverse_util.flatten_dict(variables, keep_empty_nodes=True, sep="/")
   given = {k: v for k, v in flat.items() if v is not traverse_util.empty_node}
   given_prefixes = {p.rsplit("/", n)[0] for p in flat for n in range(p.count("/") + 1)}
@@ -293,6 +303,26 @@ def _block_variables(variables, name: str):
   }
 
 
+def _between_taps(fn, emitted: list[Emitted], taps: tuple[int, ...]):
+  """`fn` (a pass over a layer sequence, e.g. fusion) applied to the runs of layers between
+  taps, so that it never merges a tapped layer's output away: `(layers, where the taps are)`."""
+  out, moved, start = [], [], 0
+  for tap in taps:
+    out += fn(emitted[start : tap + 1])
+    moved.append(len(out) - 1)
+    start = tap + 1
+  return out + fn(emitted[start:]), tuple(moved)
+
+
+def _headless(layout, taps: tuple[int, ...], variables) -> bool:
+  """Whether `variables` hold a backbone alone: none of the blocks after the last tap."""
+  trailing = {block.name for block in layout[taps[-1] + 1 :]}
+  if not trailing or not _is_variables(variables):
+    return False
+  given = set(variables["params"]) | set(variables.get("batch_stats", {}))
+  return not trailing & given
+
+
 def rm_convert(
   model: nn.Module,
   variables,
@@ -300,6 +330,7 @@ def rm_convert(
   keep_bn: bool = False,
   dense_reserve: bool = False,
   fuse: bool = True,
+  features: bool = False,
 ):
   """Removes every residual connection of `model`: returns `(plain_model, plain_variables)`.
 
@@ -319,6 +350,15 @@ def rm_convert(
     fuse: fuse consecutive 1x1 convs that RM leaves without an activation between them (Eq. 5;
       MobileNetV2 -> MobileNetV1, Fig. 6). False stops at the unfused "RMNetV1". Networks
       without such pairs (ResNets) are unaffected.
+    features: backbone mode (`rmjax.models.features`): the plain network's `taps` are the
+      layers whose outputs are the model's feature maps (`model.feature_taps()`), so that
+      `plain.apply(v, x, features=True) == model.apply(variables, x, features=True)`. Each
+      tap is the last layer of a tapped block, whose output is exactly the block's (the
+      converters reserve a block's input in the next block's first conv); fusion does not
+      cross a tap (MobileNetV2, bottleneck pre-activation ResNets: those 1x1 pairs stay two
+      convs). Variables without the blocks after the last tap (a backbone initialised with
+      `features=True`: no head) give a plain network that ends at the last tap. A `PlainNet`
+      keeps its own taps either way.
 
   Raises:
     ValueError: the model has no converter, or `variables` does not match it (names each path).
@@ -332,9 +372,12 @@ def rm_convert(
   if isinstance(model, PlainNet):
     # Already plain (a fine-tuned or pruned network): the deploy form folds its BNs.
     check_variables(model, variables)
-    emitted = _plain_emitted(model, variables)
-    emitted = emitted if keep_bn else fold_plain_batchnorm(emitted)
-    return assemble(fuse_consecutive_pointwise(emitted) if fuse else emitted)
+    emitted, taps = _plain_emitted(model, variables), model.taps
+    if not keep_bn:
+      emitted, taps = _between_taps(fold_plain_batchnorm, emitted, taps)
+    if fuse:
+      emitted, taps = _between_taps(fuse_consecutive_pointwise, emitted, taps)
+    return assemble(emitted, taps)
   layout_fn = getattr(model, "layout", None)
   if layout_fn is None:
     raise ValueError(
@@ -348,25 +391,34 @@ def rm_convert(
         f"rm_convert has no converter for block {block.name!r} of type {type(block).__name__}"
         f" in {type(model).__name__}; known blocks: {', '.join(convertible_blocks())}"
       )
-  check_variables(model, variables)
+  block_taps = tap_indices(layout, model.feature_taps()) if features else ()
+  headless = bool(block_taps) and _headless(layout, block_taps, variables)
+  check_variables(model, variables, features=headless)
+  if headless:
+    layout = layout[: block_taps[-1] + 1]
   options = Options(keep_bn=keep_bn, dense_reserve=dense_reserve)
   emitted: list[Emitted] = []
-  for block in layout:
+  taps = []
+  for i, block in enumerate(layout):
     emitted += _CONVERTERS[type(block)](block, _block_variables(variables, block.name), options)
+    if i in block_taps:
+      taps.append(len(emitted) - 1)
+  taps = tuple(taps)
   if fuse:
-    emitted = fuse_consecutive_pointwise(emitted)
-  return assemble(emitted)
+    emitted, taps = _between_taps(fuse_consecutive_pointwise, emitted, taps)
+  return assemble(emitted, taps)
 
 
 # `rm_convert` compiled, as every caller wants it: the architecture and the form options static,
 # the variables traced — one XLA program per architecture and form (ResNet-50 in ~1 s).
 rm_convert_jit = jax.jit(
-  rm_convert, static_argnums=0, static_argnames=("keep_bn", "dense_reserve", "fuse")
+  rm_convert, static_argnums=0, static_argnames=("keep_bn", "dense_reserve", "fuse", "features")
 )
 
 
-def assemble(emitted: list[Emitted]):
-  """`(PlainNet, variables)` from emitted layers; layer i's variables live under `layers_{i}`."""
+def assemble(emitted: list[Emitted], taps: tuple[int, ...] = ()):
+  """`(PlainNet, variables)` from emitted layers; layer i's variables live under `layers_{i}`,
+  the outputs of the layers at `taps` are its feature maps."""
   params, stats = {}, {}
   for i, e in enumerate(emitted):
     if e.params is not None:
@@ -376,7 +428,7 @@ def assemble(emitted: list[Emitted]):
   plain_variables = {"params": params}
   if stats:
     plain_variables["batch_stats"] = stats
-  return PlainNet(tuple(e.layer for e in emitted)), plain_variables
+  return PlainNet(tuple(e.layer for e in emitted), taps=tuple(taps)), plain_variables
 
 
 __all__ = [
