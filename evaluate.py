@@ -1,39 +1,10 @@
 """Top-1/top-5 of training checkpoints and plain networks on the same test split.
 
-  python evaluate.py workdirs/demo workdirs/demo/plain    # the original and its conversion
-
-Each PATH is a training workdir (its latest checkpoint), a step directory
-`<workdir>/checkpoints/<step>`, or a PLAIN directory written by convert.py. The dataset is the
-one the run was trained on (recorded in config.json / plain.json) unless --dataset says another.
+The command lives in rmjax/commands/evaluate.py, installed as the `rmjax-evaluate` console script;
+this file keeps `python evaluate.py ...` working in a checkout.
 """
 
-import sys
-
-from absl import app, flags, logging
-
-from rmjax import evaluation, run
-
-_DATASET = flags.DEFINE_string("dataset", None, "Evaluate on this dataset's test split.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir.")
-
-
-def main(argv):
-  paths = argv[1:]
-  if not paths:
-    print("usage: python evaluate.py PATH [PATH ...] [flags]   (--help)", file=sys.stderr)
-    return 2
-  logging.set_verbosity(logging.WARNING)
-  try:
-    rows = evaluation.evaluate_paths(
-      paths, dataset=_DATASET.value, batch_size=_BATCH_SIZE.value, data_dir=_DATA_DIR.value
-    )
-  except run.RunError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(evaluation.format_eval_table(rows))
-  return 0
-
+from rmjax.commands.evaluate import main
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

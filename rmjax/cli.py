@@ -116,3 +116,11 @@ def quiet_libraries() -> None:
   if sys.argv and sys.argv[0]:
     roots.append(os.path.abspath(sys.argv[0]))  # the entry script itself
   logging.get_absl_handler().addFilter(_LibraryChatter(tuple(roots)))
+
+
+def run(main, doc: str, *, config: bool = False) -> None:
+  """Runs an absl `main` as a command-line tool: `--help` shows `doc` (absl reads the `__main__`
+  module's docstring, which a console script's wrapper lacks); with `config`, flag parsing as
+  `parse_flags` does it (one-line errors, `--config_help`)."""
+  sys.modules["__main__"].__doc__ = doc
+  app.run(main, **({"flags_parser": parse_flags} if config else {}))

@@ -248,7 +248,7 @@ def test_the_benchmark_imports_without_tensorflow(tmp_path):
   for name in ("tensorflow", "tensorflow_datasets", "ml_collections"):
     (tmp_path / name).mkdir()
     (tmp_path / name / "__init__.py").write_text(f"raise ImportError('no {name} here')\n")
-  code = "import bench\nfrom rmjax.bench import layers, precision, report, training\n"
+  code = "import rmjax.commands.bench\nfrom rmjax.bench import layers, precision, report, training"
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT])}
   result = subprocess.run(
     [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120

@@ -1,24 +1,21 @@
 """`python convert.py ARGS` run in this process, for the CLI tests (interop_cli_test, onnx_test).
 
-`convert.main` runs with absl flags parsed as on the command line: a subprocess would spend most
+`convert._main` runs with absl flags parsed as on the command line: a subprocess would spend most
 of its time importing jax. tests/export_test.py runs the real entry point.
 """
 
 import os
-import sys
 
 from absl import flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import convert  # noqa: E402  (the CLI module, at the repository root)
+from rmjax.commands import convert
 
 
 def run_cli(capsys, *args):
   """`(exit code, stdout, stderr)` of `python convert.py ARGS`."""
   argv = flags.FLAGS(["convert.py", *map(str, args)])
   try:
-    code = convert.main(argv)
+    code = convert._main(argv)
   finally:
     flags.FLAGS.unparse_flags()
   out, err = capsys.readouterr()

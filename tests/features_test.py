@@ -4,6 +4,7 @@ taps in plain.json; a backbone converted without its head."""
 
 import functools
 import json
+import os
 
 import chex
 import jax
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import rmjax
-from rmjax import models, transforms
+from rmjax import integrity, models, transforms
 from rmjax.models.conv import conv_impl
 from rmjax.models.features import feature_shapes
 from rmjax.models.plain import Conv, GlobalAvgPool, PlainNet, ReLU
@@ -174,12 +175,15 @@ def test_plain_json_round_trips_the_taps_and_old_files_load(tmp_path):
   loaded, loaded_vars = rmjax.load_plain(str(tmp_path / "plain"))
   assert loaded == plain and loaded.taps == plain.taps  # the same layers and taps ...
   chex.assert_trees_all_equal(loaded_vars, plain_vars)  # ... and weights: the same maps
-  # A file written before taps existed (no "taps" key) loads without them.
+  # A file written before taps existed (no "taps" key, and no digest then) loads without them.
   del arch["taps"]
   (tmp_path / "plain" / "plain.json").write_text(json.dumps(arch))
+  os.remove(integrity.digest_file(str(tmp_path / "plain")))
   assert rmjax.load_plain(str(tmp_path / "plain"))[0].taps == ()
+  # Taps out of order are refused even in a file whose digest matches.
   arch["taps"] = [3, 2]
   (tmp_path / "plain" / "plain.json").write_text(json.dumps(arch))
+  integrity.seal(str(tmp_path / "plain"))
   with pytest.raises(rmjax.plain_io.PlainFormatError, match="strictly increasing"):
     rmjax.load_plain(str(tmp_path / "plain"))
 

@@ -12,6 +12,7 @@ import pytest
 
 import rmjax
 from rmjax import models, plain_io, transforms
+from rmjax.cost import count_macs
 from rmjax.models import plain as plain_layers
 from rmjax.models import structured as structured_lib
 from rmjax.models.structured import check_structure
@@ -193,7 +194,7 @@ def test_plain_json_keeps_the_structure_and_old_files_load(tmp_path):
 
 def test_saving_counts_the_skipped_multiply_adds():
   plain, plain_vars, _ = converted("resnet18", False)
-  macs = rmjax.testing.count_macs
+  macs = count_macs
   checked = 0
   for i, spec in enumerate(plain.layers):
     if not getattr(spec, "structured", False):
@@ -233,7 +234,7 @@ def test_default_execution_follows_the_rule_per_conv(monkeypatch):
   )
   mixed = structured_lib.structured_choice(plain, "cpu")
   assert 0 < sum(mixed) < len(structured_convs)
-  macs = rmjax.testing.count_macs
+  macs = count_macs
   dense_macs = macs(functools.partial(plain.apply, structured=False), plain_vars, x)
   auto_macs = macs(plain.apply, plain_vars, x)
   structured_macs = macs(functools.partial(plain.apply, structured=True), plain_vars, x)
