@@ -12,7 +12,7 @@ import sys
 import textwrap
 import tokenize
 
-from absl import app, logging
+from absl import app, flags, logging
 
 _KEY_HINT = (
   "--config.KEY can only set keys that the config file defines (model arguments go under "
@@ -123,4 +123,15 @@ def run(main, doc: str, *, config: bool = False) -> None:
   module's docstring, which a console script's wrapper lacks); with `config`, flag parsing as
   `parse_flags` does it (one-line errors, `--config_help`)."""
   sys.modules["__main__"].__doc__ = doc
+  # `--help` lists the main module's flags, named by sys.argv[0] (the root shim or the console
+  # script), not the command module that defines them.
+  for flag in flags.FLAGS.get_key_flags_for_module(main.__module__):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main, **({"flags_parser": parse_flags} if config else {}))
+
+
+def define_overwrite(what: str, module_name: str) -> flags.FlagHolder[bool]:
+  """The `--overwrite` flag of the command `module_name` that writes the directory `what`."""
+  return flags.DEFINE_bool(
+    "overwrite", False, f"Replace an existing {what} directory.", module_name=module_name
+  )

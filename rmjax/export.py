@@ -79,33 +79,13 @@ def export_plain(
     raise ExportError(f"the tolerance must be >= 0, got {tolerance}")
   plain_dir = os.path.abspath(plain_dir)
   check_writable(plain_dir, overwrite, exports)
-  try:
-    plain, plain_vars = transforms.rm_convert_jit(
-      source.model,
-      source.variables,
-      keep_bn=keep_bn,
-      dense_reserve=dense_reserve,
-      fuse=fuse,
-      features=features,
-    )
-  except (ValueError, TypeError) as e:  # TypeError: a model without feature taps
-    raise ExportError(f"{source.name} cannot be converted: {e}") from None
-  if features and not plain.taps:
-    raise ExportError(f"{source.name} is a plain network without feature taps: no features")
+  options = {"keep_bn": keep_bn, "dense_reserve": dense_reserve, "fuse": fuse}
+  plain, plain_vars = _convert(source, features=features, **options)
   images = jax.random.normal(jax.random.key(0), (check_batch, *source.input_shape), jnp.float32)
   checks = {"random": _compare(source, plain, plain_vars, images, features)}
   if eval_dataset:
-    try:
-      batch = next(iter(data.eval_batches(eval_dataset, batch_size=64, data_dir=data_dir)))
-    except (ValueError, FileNotFoundError) as e:
-      raise ExportError(f"--eval_dataset {eval_dataset}: {e}") from None
-    real = batch["image"][batch["mask"] > 0]
-    if real.shape[1:] != source.input_shape:
-      raise ExportError(
-        f"--eval_dataset {eval_dataset} has images of shape {real.shape[1:]}, the model takes "
-        f"{source.input_shape}"
-      )
-    checks[eval_dataset] = _compare(source, plain, plain_vars, jnp.asarray(real), features)
+    real = _real_batch(source, eval_dataset, data_dir)
+    checks[eval_dataset] = _compare(source, plain, plain_vars, real, features)
   report = {
     "checks": checks,
     "tolerance": tolerance,
@@ -120,7 +100,47 @@ def export_plain(
     "plain_dir": plain_dir,
     "features": features,
   }
-  for name, c in checks.items():
+  _refuse_differences(report)
+  provenance = {
+    **source.provenance(),
+    **options,
+    **({"features": True} if features else {}),
+    "checks": checks,
+  }
+  _write(report, plain_vars, source.input_shape, images, exports, provenance, overwrite)
+  return report
+
+
+def _convert(source: run.Run, **options):
+  """`rm_convert` of the source, its failures as ExportError."""
+  try:
+    plain, plain_vars = transforms.rm_convert_jit(source.model, source.variables, **options)
+  except (ValueError, TypeError) as e:  # TypeError: a model without feature taps
+    raise ExportError(f"{source.name} cannot be converted: {e}") from None
+  if options["features"] and not plain.taps:
+    raise ExportError(f"{source.name} is a plain network without feature taps: no features")
+  return plain, plain_vars
+
+
+def _real_batch(source: run.Run, eval_dataset: str, data_dir: str | None):
+  """The real images of the first test batch of `eval_dataset`, checked to fit the model."""
+  try:
+    batch = next(iter(data.eval_batches(eval_dataset, batch_size=64, data_dir=data_dir)))
+  except (ValueError, FileNotFoundError) as e:
+    raise ExportError(f"--eval_dataset {eval_dataset}: {e}") from None
+  real = batch["image"][batch["mask"] > 0]
+  if real.shape[1:] != source.input_shape:
+    raise ExportError(
+      f"--eval_dataset {eval_dataset} has images of shape {real.shape[1:]}, the model takes "
+      f"{source.input_shape}"
+    )
+  return jnp.asarray(real)
+
+
+def _refuse_differences(report: dict[str, Any]) -> None:
+  """ExportError (with the report) when a check is outside the tolerance."""
+  tolerance = report["tolerance"]
+  for name, c in report["checks"].items():
     if not verify.within(c, tolerance):
       bound = verify.bound(c, tolerance)
       raise ExportError(
@@ -129,14 +149,12 @@ def export_plain(
         f"{bound:.3g} = tolerance {tolerance:g} x max(1, max |logit|)); nothing was written.\n"
         + format_report(report)
       )
-  provenance = {
-    **source.provenance(),
-    "keep_bn": keep_bn,
-    "dense_reserve": dense_reserve,
-    "fuse": fuse,
-    **({"features": True} if features else {}),
-    "checks": checks,
-  }
+
+
+def _write(report, plain_vars, input_shape, images, exports, provenance, overwrite) -> None:
+  """Stages and checks the exports, writes PLAIN, then moves the exports into place: all or
+  nothing."""
+  plain, plain_dir = report["plain"], report["plain_dir"]
   staging = None
   try:
     if exports:
@@ -145,14 +163,9 @@ def export_plain(
       staging = tempfile.mkdtemp(
         prefix=f".{os.path.basename(plain_dir)}.exports-", dir=os.path.dirname(plain_dir)
       )
-    staged = _stage_exports(exports, plain, plain_vars, source.input_shape, images, staging, report)
+    staged = _stage_exports(exports, plain, plain_vars, input_shape, images, staging, report)
     plain_io.save_plain(
-      plain_dir,
-      plain,
-      plain_vars,
-      input_shape=source.input_shape,
-      source=provenance,
-      overwrite=overwrite,
+      plain_dir, plain, plain_vars, input_shape=input_shape, source=provenance, overwrite=overwrite
     )
     for tmp, final in staged:
       atomic.replace(tmp, final)
@@ -161,7 +174,6 @@ def export_plain(
   finally:
     if staging:
       shutil.rmtree(staging, ignore_errors=True)
-  return report
 
 
 def _stage_exports(formats, plain, plain_vars, input_shape, images, staging, report):

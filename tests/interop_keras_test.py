@@ -265,6 +265,25 @@ def test_keras_built_at_any_size_imports_exactly_and_one_plain_network_serves_th
   assert_same_logits(structured, want, "plain network, structured, at (112, 100)")
 
 
+@pytest.mark.slow  # the default run covers each padding case (33, 96, 100, 112 x 100) above
+@pytest.mark.parametrize("size", [96, 100, 112, 160, 224])
+def test_keras_at_the_sizes_users_build(size, tmp_path):
+  """Square MobileNetV2s at the sizes users build them (the issue's list), each imported and
+  converted on its own: the rmjax model and the plain network give Keras' logits."""
+  keras = pytest.importorskip("keras")
+  model = keras.applications.MobileNetV2(
+    weights=None, input_shape=(size, size, 3), alpha=0.35, classes=7, classifier_activation=None
+  )
+  randomize(model, seed=11)
+  model.save(tmp_path / "m.keras")
+  x = images((size, size))
+  want = np.asarray(model(x, training=False))
+  imported = interop.import_keras(str(tmp_path / "m.keras"))
+  plain, plain_vars = convert(imported.model, imported.variables)
+  assert_same_logits(eval_logits(imported.model, imported.variables, x), want, f"model {size}")
+  assert_same_logits(eval_logits(plain, plain_vars, x), want, f"plain network {size}")
+
+
 def test_cli_checks_at_the_input_size_asked_and_plain_json_keeps_same(sized, capsys, tmp_path):
   """convert.py --from_keras FILE PLAIN --input_size 33 on a file Keras built for 100 px: the
   check batch is 33 px, and the written network computes what Keras built for 33 px does."""

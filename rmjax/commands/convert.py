@@ -55,7 +55,7 @@ _EVAL_DATASET = flags.DEFINE_string(
   "Also check on one real test batch of this dataset (e.g. the run's own dataset).",
 )
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir for --eval_dataset.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing PLAIN directory.")
+_OVERWRITE = cli.define_overwrite("PLAIN", __name__)
 _DENSE_RESERVE = flags.DEFINE_bool(
   "dense_reserve",
   False,

@@ -25,7 +25,7 @@ _THRESHOLD = flags.DEFINE_float(
   "Remove the channels whose |BN scale| is below this (>= 0; 0 changes nothing).",
   required=True,
 )
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing PRUNED directory.")
+_OVERWRITE = cli.define_overwrite("PRUNED", __name__)
 _INNER_ONLY = flags.DEFINE_bool(
   "inner_only",
   False,

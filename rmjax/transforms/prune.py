@@ -65,11 +65,14 @@ class _Group:
   """The channels a dense conv produces, followed to the layer that consumes them.
 
   `members`: the layers after `source` whose channel axis is these channels (BNs, PReLUs,
-  depthwise convs); `consumer`: the Conv or Dense that reads them as input channels."""
+  depthwise convs); `consumer`: the Conv or Dense that reads them as input channels; once
+  scored, `bns`: the BatchNorms among the members, `score`: each channel's importance."""
 
   source: int
   members: tuple[int, ...]
   consumer: int
+  bns: tuple[int, ...] = ()
+  score: np.ndarray | None = dataclasses.field(default=None, compare=False)
 
 
 def _follow(layers, source: int) -> _Group | str:
@@ -221,49 +224,15 @@ def prune(
   for i, layer in enumerate(layers):
     if not isinstance(layer, Conv) or _depthwise(layer):
       continue  # depthwise convs are pruned with the dense conv whose channels they carry
-    if layer.groups > 1:
-      reason = f"grouped conv (groups={layer.groups}): removing outputs would unbalance groups"
-      skipped.append({"layer": i, "reason": reason})
-      continue
-    group = _follow(layers, i)
+    group = _prunable_group(layers, variables, i, scores, inner_only)
     if isinstance(group, str):
       skipped.append({"layer": i, "reason": group})
       continue
-    bns = [j for j in group.members if isinstance(layers[j], BatchNorm)]
-    score = np.min([abs_scales(variables["params"][f"layers_{j}"]["scale"]) for j in bns], axis=0)
-    if layer.merged:
-      score = _with_shortcut(layer, score, scores.get(i))
-    scores[group.consumer] = score
-    if inner_only:
-      reserved = layers[bns[0]].reserved
-      if not reserved:
-        reason = "inner_only: its outputs are a block's output (the residual stream)"
-        skipped.append({"layer": i, "reason": reason})
-        continue
-      score[-reserved:] = np.inf  # the shortcut's copies: a ResNet cannot narrow them
-    keep = kept_channels(score, threshold)
-    n = layer.out_features
-    removed = np.setdiff1d(np.arange(n), keep)
-    folded = 0
-    if fold_constants and removed.size:
-      values = _constant_outputs(layers, variables, group, bns, removed)
-      folded = int(np.count_nonzero(values))
-      if folded:
-        kernel = variables["params"][f"layers_{group.consumer}"]["kernel"]
-        shifts[group.consumer] = constant_input_shift(kernel, removed, values)
-    entries.append(
-      {
-        "layer": i,
-        "bn": bns[0],
-        "depthwise": [j for j in group.members if _depthwise(layers[j])],
-        "consumer": group.consumer,
-        "channels_before": n,
-        "channels_after": int(keep.size),
-        "removed": [int(c) for c in removed],
-        "folded": folded,
-      }
-    )
-    if keep.size < n:
+    keep, entry, shift = _plan_conv(layers, variables, i, group, threshold, fold_constants)
+    entries.append(entry)
+    if shift is not None:
+      shifts[group.consumer] = shift
+    if keep.size < layer.out_features:
       for j in (i, *group.members):
         out_keep[j] = keep
       in_keep[group.consumer] = keep
@@ -279,6 +248,54 @@ def prune(
     "params_after": count_params(params),
   }
   return PlainNet(new_layers), pruned_vars, report
+
+
+def _prunable_group(layers, variables, i: int, scores: dict, inner_only: bool):
+  """The channel group of conv `i` (the conv, its BNs and depthwise convs, its consumer) with
+  `group.score`, the importance of each of its channels; or why it is not pruned (a str).
+  Records the score in `scores` for the consumer, whose merge may rank by it."""
+  layer = layers[i]
+  if layer.groups > 1:
+    return f"grouped conv (groups={layer.groups}): removing outputs would unbalance groups"
+  group = _follow(layers, i)
+  if isinstance(group, str):
+    return group
+  bns = [j for j in group.members if isinstance(layers[j], BatchNorm)]
+  score = np.min([abs_scales(variables["params"][f"layers_{j}"]["scale"]) for j in bns], axis=0)
+  if layer.merged:
+    score = _with_shortcut(layer, score, scores.get(i))
+  scores[group.consumer] = score
+  if inner_only:
+    reserved = layers[bns[0]].reserved
+    if not reserved:
+      return "inner_only: its outputs are a block's output (the residual stream)"
+    score[-reserved:] = np.inf  # the shortcut's copies: a ResNet cannot narrow them
+  return dataclasses.replace(group, bns=tuple(bns), score=score)
+
+
+def _plan_conv(layers, variables, i: int, group, threshold: float, fold_constants: bool):
+  """`(kept channels, report entry, consumer shift or None)` for conv `i` and its `group`."""
+  keep = kept_channels(group.score, threshold)
+  n = layers[i].out_features
+  removed = np.setdiff1d(np.arange(n), keep)
+  folded, shift = 0, None
+  if fold_constants and removed.size:
+    values = _constant_outputs(layers, variables, group, list(group.bns), removed)
+    folded = int(np.count_nonzero(values))
+    if folded:
+      kernel = variables["params"][f"layers_{group.consumer}"]["kernel"]
+      shift = constant_input_shift(kernel, removed, values)
+  entry = {
+    "layer": i,
+    "bn": group.bns[0],
+    "depthwise": [j for j in group.members if _depthwise(layers[j])],
+    "consumer": group.consumer,
+    "channels_before": n,
+    "channels_after": int(keep.size),
+    "removed": [int(c) for c in removed],
+    "folded": folded,
+  }
+  return keep, entry, shift
 
 
 def _with_shortcut(conv: Conv, score: np.ndarray, inputs: np.ndarray | None) -> np.ndarray:
