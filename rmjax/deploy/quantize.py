@@ -254,15 +254,16 @@ def quantize_int8(
 
 
 def publish(model_bytes: bytes, path: str) -> None:
-  """Writes `model_bytes` to `path` and its digest to `path.sha256`, each atomically, the digest
-  computed on a staged copy so that the file is never in place unsealed."""
+  """Writes `model_bytes` to `path` and its SHA-256 digest to `path.sha256` (`rmjax.integrity`):
+  both staged under the final name in a directory beside `path`, then renamed into place."""
   path = os.path.abspath(path)
-  with atomic.staged_file(path) as tmp:
+  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
+  try:
+    tmp = os.path.join(staging, os.path.basename(path))
     with open(tmp, "wb") as f:
       f.write(model_bytes)
     digest = integrity.seal(tmp)
-    try:
-      atomic.replace(digest, integrity.digest_file(path))
-    except BaseException:
-      os.remove(digest)
-      raise
+    atomic.replace(tmp, path)
+    atomic.replace(digest, integrity.digest_file(path))
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
