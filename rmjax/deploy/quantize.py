@@ -243,9 +243,9 @@ def quantize_int8(
   report["drop"] = report["float32_top1"] - report["int8_top1"]
   if report["drop"] > max_drop:
     raise QuantizationError(
-      f"int8 top-1 {report['int8_top1']:.2f}% is {report['drop']:.2f} points below float32's "
-      f"{report['float32_top1']:.2f}% on the {dataset} test split (allowed: {max_drop:g}); "
-      "nothing was written"
+      f"int8 top-1 {report['int8_top1']:.2f}% vs float32 {report['float32_top1']:.2f}% on the "
+      f"{dataset} test split: a drop of {report['drop']:.2f} points, over the allowed "
+      f"{max_drop:g}; nothing was written"
     )
   if path is not None:
     publish(int8, path)
