@@ -88,7 +88,14 @@ def test_a_drop_over_the_bound_is_refused_and_nothing_is_written(run_dir, tmp_pa
   path = tmp_path / "net.int8.onnx"
   with pytest.raises(quantize.QuantizationError, match="a drop of .* over the allowed -50"):
     quantize.quantize_int8(
-      plain, variables, shape, str(path), dataset=DATASET, num_batches=1, max_drop=-50.0
+      plain,
+      variables,
+      shape,
+      str(path),
+      dataset=DATASET,
+      num_batches=1,
+      max_drop=-50.0,
+      equalize=True,  # the equalised path, checked to keep the logits before quantising
     )
   assert os.listdir(tmp_path) == []
 
