@@ -222,12 +222,12 @@ def plot(rows, path: str) -> None:
   for k, (key, label) in enumerate(series):
     values = [rows[n][key] if rows[n][key] is not None else 0.0 for n in names]
     bars = ax.bar(np.arange(len(names)) + (k - 1) * width, values, width, label=label)
-    ax.bar_label(bars, labels=[f"{v:.1f}" if v else "" for v in values], fontsize=7)
-  lows = [rows[n][k] for n in names for k in ("float32", "int8") if rows[n][k] is not None]
-  ax.set_ylim(min(lows) - 5, 100)
+    ax.bar_label(bars, labels=[f"{v:.2f}" if v else "" for v in values], fontsize=7)
+  known = [rows[n][k] for n in names for k, _ in series if rows[n][k] is not None]
+  ax.set_ylim(min(known) - 3, max(known) + 1.5)
   ax.set_xticks(np.arange(len(names)), names, fontsize=8)
   ax.set_ylabel(f"top-1 (%) on {DATASET} test")
-  ax.legend(fontsize=8, loc="lower right")
+  ax.legend(fontsize=8, loc="upper left", ncols=3)
   ax.set_title("Post-training int8 (ONNX Runtime QDQ) vs float32")
   fig.tight_layout()
   with atomic.staged_file(path) as tmp:
