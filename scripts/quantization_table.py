@@ -2,7 +2,7 @@
 networks on the embedded Fashion-MNIST subset, residual and RM-plain, with and without the
 reserved-channel equalisation (rmjax.deploy.quantize, rmjax.transforms.equalize).
 
-  python scripts/quantization_table.py                      # ~15 minutes on 2 CPU cores
+  python scripts/quantization_table.py                      # ~20 minutes on 2 CPU cores
   python scripts/quantization_table.py --workdir /tmp/q     # reuses the runs trained there
 
 Networks (short runs of configs/demo.py's recipe, 3 epochs each): the demo's ResNet-20, residual
@@ -186,7 +186,7 @@ def markdown(rows, meta) -> str:
     "one image is 0.05 points).",
     "",
     "| network | float32 top-1 | int8 top-1 (per-tensor) | int8, reserved equalised | delta "
-    "(int8 - float32) | reserved/own max |activation| (min / median / max) |",
+    "(int8 - float32) | reserved/own max \\|activation\\| (min / median / max) |",
     "|---|---|---|---|---|---|",
   ]
   for name, r in rows.items():
