@@ -27,6 +27,9 @@ import numpy as np
 
 from rmjax import atomic, data, deploy, integrity, plain_io, run, transforms, verify
 from rmjax.cost import count_macs, count_params
+from rmjax.deploy import quantize as quantize_lib
+
+INT8 = "int8.onnx"  # `PLAIN.int8.onnx`, beside `PLAIN.onnx`
 
 
 class ExportError(ValueError):
@@ -59,6 +62,7 @@ def export_plain(
   check_batch: int = 8,
   exports: tuple[str, ...] = (),
   features: bool = False,
+  quantize: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Converts `source`, checks it, and writes `plain_dir` atomically; returns the report.
 
@@ -74,11 +78,15 @@ def export_plain(
   `features` (backbone mode): PLAIN records the model's feature taps
   (`rm_convert(..., features=True)`), every check compares the feature maps (each map by the
   rule on its own scale), and the exports compute the maps, one output per tap.
+
+  `quantize` (keyword arguments of `deploy.quantize.quantize_int8`, `dataset` among them): also
+  `PLAIN.int8.onnx`, post-training int8, refused when its test top-1 drops too far; staged and
+  put in place with the other artefacts (`report["int8"]`).
   """
   if not tolerance >= 0:
     raise ExportError(f"the tolerance must be >= 0, got {tolerance}")
   plain_dir = os.path.abspath(plain_dir)
-  check_writable(plain_dir, overwrite, exports)
+  check_writable(plain_dir, overwrite, exports, quantize=quantize is not None)
   options = {"keep_bn": keep_bn, "dense_reserve": dense_reserve, "fuse": fuse}
   plain, plain_vars = _convert(source, features=features, **options)
   images = jax.random.normal(jax.random.key(0), (check_batch, *source.input_shape), jnp.float32)
@@ -99,6 +107,7 @@ def export_plain(
     "plain": plain,
     "plain_dir": plain_dir,
     "features": features,
+    "quantize": quantize,
   }
   _refuse_differences(report)
   provenance = {
@@ -157,13 +166,14 @@ def _write(report, plain_vars, input_shape, images, exports, provenance, overwri
   plain, plain_dir = report["plain"], report["plain_dir"]
   staging = None
   try:
-    if exports:
+    if exports or report["quantize"] is not None:
       # Beside PLAIN, so that moving the artefacts into place is a rename.
       os.makedirs(os.path.dirname(plain_dir), exist_ok=True)
       staging = tempfile.mkdtemp(
         prefix=f".{os.path.basename(plain_dir)}.exports-", dir=os.path.dirname(plain_dir)
       )
     staged = _stage_exports(exports, plain, plain_vars, input_shape, images, staging, report)
+    staged += _stage_int8(report, plain_vars, input_shape, staging)
     plain_io.save_plain(
       plain_dir, plain, plain_vars, input_shape=input_shape, source=provenance, overwrite=overwrite
     )
@@ -208,6 +218,23 @@ def _stage_exports(formats, plain, plain_vars, input_shape, images, staging, rep
   return staged
 
 
+def _stage_int8(report, plain_vars, input_shape, staging) -> list[tuple[str, str]]:
+  """With `report["quantize"]`: the int8 model written into `staging` (with its digest), or an
+  ExportError saying why not (too large a drop, no onnxruntime). Adds `report["int8"]`."""
+  if report["quantize"] is None:
+    return []
+  final = deploy.artefact_path(report["plain_dir"], INT8)
+  tmp = os.path.join(staging, os.path.basename(final))
+  try:
+    _, result = quantize_lib.quantize_int8(
+      report["plain"], plain_vars, input_shape, tmp, **report["quantize"]
+    )
+  except (quantize_lib.QuantizationError, ImportError, FileNotFoundError) as e:
+    raise ExportError(f"int8: {e}") from None
+  report["int8"] = {**result, "path": final}
+  return _with_digest(tmp, final)
+
+
 def _with_digest(tmp: str, final: str) -> list[tuple[str, str]]:
   """`(staged, final)` pairs of an artefact and, for a file, of the digest beside it (a
   directory holds its own; `rmjax.integrity`)."""
@@ -221,9 +248,12 @@ def _features(features: bool) -> dict[str, bool]:
   return {"features": True} if features else {}
 
 
-def check_writable(plain_dir: str, overwrite: bool, exports: tuple[str, ...] = ()) -> None:
-  """Fails before any work if `plain_dir` or an export's artefact exists (without overwrite),
-  an export format is unknown, or `plain_dir` cannot be created."""
+def check_writable(
+  plain_dir: str, overwrite: bool, exports: tuple[str, ...] = (), *, quantize: bool = False
+) -> None:
+  """Fails before any work if `plain_dir` or an export's artefact (with `quantize`, also
+  `PLAIN.int8.onnx`) exists (without overwrite), an export format is unknown, or `plain_dir`
+  cannot be created."""
   unknown = [fmt for fmt in exports if fmt not in deploy.FORMATS]
   if unknown:
     raise ExportError(
@@ -231,6 +261,7 @@ def check_writable(plain_dir: str, overwrite: bool, exports: tuple[str, ...] = (
       f"{', '.join(deploy.FORMATS)}"
     )
   targets = [plain_dir] + [deploy.artefact_path(plain_dir, fmt) for fmt in exports]
+  targets += [deploy.artefact_path(plain_dir, INT8)] if quantize else []
   for target in targets:
     if os.path.exists(target) and not overwrite:
       raise ExportError(f"{target} already exists; pass --overwrite to replace it")
@@ -260,6 +291,13 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(
       f"{fmt + ' file':16}{c['examples']:>10}{c['max_abs_diff']:>14.3g}{c['logit_scale']:>14.3g}"
       f"{_agreement(c)}  (vs plain) {c['path']}"
+    )
+  if report.get("int8"):
+    q = report["int8"]
+    lines.append(
+      f"int8 file: test top-1 {q['int8_top1']:.2f}% vs float32 {q['float32_top1']:.2f}% (drop "
+      f"{q['drop']:.2f} points, allowed {q['max_drop']:g}; calibrated on "
+      f"{q['calibration_examples']} {q['calibration']['dataset']} train images) {q['path']}"
     )
   if report.get("features"):
     lines.append(

@@ -24,6 +24,13 @@ Serving artefacts of the plain network, next to PLAIN (checked against it before
 written): --export stablehlo -> PLAIN.stablehlo, --export savedmodel -> PLAIN.savedmodel/,
 --export onnx -> PLAIN.onnx (needs `pip install 'rmjax[deploy]'`).
 
+Post-training int8 (docs/quantization.md): --quantize int8 also writes PLAIN.int8.onnx, an
+ONNX Runtime QDQ model calibrated on the dataset's train split, refused (nothing written) when
+its test top-1 is more than --int8_max_drop (default 1.0) points below float32's:
+
+  python convert.py workdirs/demo /tmp/plain --export onnx --quantize int8 \
+    --calibration_dataset fashion_mnist_small --calibration_batches 8
+
 Backbone mode, --features: PLAIN records the model's feature taps, every check compares the
 feature maps, and the artefacts output them (docs/backbones.md).
 
@@ -36,6 +43,7 @@ import sys
 from absl import flags, logging
 
 from rmjax import cli, export, run
+from rmjax.deploy import quantize
 
 _KEEP_BN = flags.DEFINE_bool(
   "keep_bn",
@@ -107,6 +115,58 @@ _EXPORT = flags.DEFINE_list(
   "is reloaded and checked against PLAIN.",
 )
 
+_QUANTIZE = flags.DEFINE_enum(
+  "quantize",
+  None,
+  ["int8"],
+  "int8: also write PLAIN.int8.onnx, static post-training int8 (ONNX Runtime QDQ, per-channel "
+  "int8 weights, uint8 activations) calibrated on --calibration_dataset's train split; refused "
+  "(nothing written) when its test top-1 is more than --int8_max_drop points below float32's. "
+  "Implies --export onnx. Needs `pip install 'rmjax[deploy]'`.",
+)
+_CALIBRATION_DATASET = flags.DEFINE_string(
+  "calibration_dataset",
+  None,
+  "--quantize: the dataset whose train split calibrates and whose test split checks the int8 "
+  "model (default: the run's own dataset).",
+)
+_CALIBRATION_BATCHES = flags.DEFINE_integer(
+  "calibration_batches", 8, "--quantize: calibration batches (64 images each)."
+)
+_INT8_MAX_DROP = flags.DEFINE_float(
+  "int8_max_drop",
+  quantize.DEFAULT_MAX_DROP,
+  "--quantize: the most top-1 percentage points int8 may lose against float32.",
+)
+_EQUALIZE = flags.DEFINE_bool(
+  "equalize_reserved",
+  False,
+  "--quantize: first rescale reserved channels to their own channels' activation range "
+  "(rmjax.transforms.equalize; exact in float32). Off by default: measured, it changes nothing "
+  "on the networks of docs/quantization.md.",
+)
+
+
+def _quantize_options(loaded: run.Run) -> dict | None:
+  """`export_plain`'s `quantize` argument from the flags, checked before the conversion."""
+  if _QUANTIZE.value is None:
+    return None
+  dataset = _CALIBRATION_DATASET.value or (loaded.config.dataset if loaded.config else None)
+  if not dataset:
+    raise run.RunError("--quantize int8 needs --calibration_dataset (imported weights name none)")
+  try:
+    quantize.require()
+    quantize.check_dataset(dataset)
+  except (ImportError, quantize.QuantizationError) as e:
+    raise run.RunError(str(e)) from None
+  return {
+    "dataset": dataset,
+    "num_batches": _CALIBRATION_BATCHES.value,
+    "max_drop": _INT8_MAX_DROP.value,
+    "equalize": _EQUALIZE.value,
+    "data_dir": _DATA_DIR.value,
+  }
+
 
 def _load(source: str) -> run.Run:
   if _FROM_TORCH.value is not None and _FROM_KERAS.value:
@@ -141,11 +201,17 @@ def _main(argv):
   _, source, plain_dir = argv
   logging.set_verbosity(logging.WARNING)  # orbax is chatty; the report below is the output
   exports = tuple(_EXPORT.value)
+  if _QUANTIZE.value and "onnx" not in exports:
+    exports += ("onnx",)
+    print("note: --quantize int8 also writes the float32 ONNX model (implies --export onnx)")
   try:
     # Before the slow part.
-    export.check_writable(os.path.abspath(plain_dir), _OVERWRITE.value, exports)
+    quantized = _QUANTIZE.value is not None
+    export.check_writable(os.path.abspath(plain_dir), _OVERWRITE.value, exports, quantize=quantized)
+    loaded = _load(source)
+    quantize_options = _quantize_options(loaded)
     report = export.export_plain(
-      _load(source),
+      loaded,
       plain_dir,
       keep_bn=_KEEP_BN.value,
       tolerance=_TOLERANCE.value,
@@ -156,6 +222,7 @@ def _main(argv):
       fuse=_FUSE.value,
       exports=exports,
       features=_FEATURES.value,
+      quantize=quantize_options,
     )
   except (run.RunError, export.ExportError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -167,6 +234,8 @@ def _main(argv):
   print(f"wrote {report['plain_dir']} ({len(report['plain'].layers)} layers, {form})")
   for fmt, c in report.get("exports", {}).items():
     print(f"wrote {c['path']} ({fmt})")
+  if report.get("int8"):
+    print(f"wrote {report['int8']['path']} (onnx, int8 QDQ)")
   return 0
 
 
