@@ -40,7 +40,7 @@ feature maps, and the artefacts output them (docs/backbones.md).
 import os
 import sys
 
-from absl import flags, logging
+from absl import flags
 
 from rmjax import cli, export, run
 from rmjax.deploy import quantize
@@ -199,7 +199,7 @@ def _main(argv):
     )
     return 2
   _, source, plain_dir = argv
-  logging.set_verbosity(logging.WARNING)  # orbax is chatty; the report below is the output
+  cli.quiet_libraries()  # orbax is chatty; rmjax's progress lines and the report stay
   exports = tuple(_EXPORT.value)
   if _QUANTIZE.value and "onnx" not in exports:
     exports += ("onnx",)

@@ -9,7 +9,7 @@ one the run was trained on (recorded in config.json / plain.json) unless --datas
 
 import sys
 
-from absl import flags, logging
+from absl import flags
 
 from rmjax import cli, evaluation, run
 
@@ -23,7 +23,7 @@ def _main(argv):
   if not paths:
     print("usage: python evaluate.py PATH [PATH ...] [flags]   (--help)", file=sys.stderr)
     return 2
-  logging.set_verbosity(logging.WARNING)
+  cli.quiet_libraries()  # orbax is chatty; rmjax's progress lines and the report stay
   try:
     rows = evaluation.evaluate_paths(
       paths, dataset=_DATASET.value, batch_size=_BATCH_SIZE.value, data_dir=_DATA_DIR.value

@@ -36,6 +36,8 @@ The file is written atomically with its SHA-256 digest beside it (`rmjax.integri
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -43,7 +45,7 @@ import tempfile
 import jax
 import numpy as np
 
-from rmjax import atomic, data, integrity, verify
+from rmjax import atomic, data, integrity, summary, verify
 from rmjax.deploy import onnx as onnx_export
 from rmjax.models.plain import PlainNet
 from rmjax.transforms import equalize as equalize_lib
@@ -147,32 +149,53 @@ def quantize_model(model_bytes: bytes, batches, *, activations="quint8", method=
     src, dst = os.path.join(work, "float.onnx"), os.path.join(work, "int8.onnx")
     with open(src, "wb") as f:
       f.write(model_bytes)
-    q.quantize_static(
-      src,
-      dst,
-      reader,
-      quant_format=q.QuantFormat.QDQ,
-      per_channel=True,
-      weight_type=q.QuantType.QInt8,
-      activation_type=q.QuantType.QUInt8 if activations == "quint8" else q.QuantType.QInt8,
-      calibrate_method={
-        "minmax": q.CalibrationMethod.MinMax,
-        "percentile": q.CalibrationMethod.Percentile,
-        "entropy": q.CalibrationMethod.Entropy,
-      }[method],
-      extra_options={"WeightSymmetric": True},
-    )
+    with _without_preprocessing_advice():
+      q.quantize_static(
+        src,
+        dst,
+        reader,
+        quant_format=q.QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=q.QuantType.QInt8,
+        activation_type=q.QuantType.QUInt8 if activations == "quint8" else q.QuantType.QInt8,
+        calibrate_method={
+          "minmax": q.CalibrationMethod.MinMax,
+          "percentile": q.CalibrationMethod.Percentile,
+          "entropy": q.CalibrationMethod.Entropy,
+        }[method],
+        extra_options={"WeightSymmetric": True},
+      )
     with open(dst, "rb") as f:
       return f.read()
   finally:
     shutil.rmtree(work, ignore_errors=True)
 
 
+class _NotAdvice(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice():
+  """Drops quantize_static's two "Please consider pre-processing" warnings (logged on the root
+  logger). Measured on the demo's RM plain ResNet-20 (2026-12-05): ORT's `quant_pre_process`
+  (shape inference + graph optimisation) gave the same int8 top-1 (86.05%) and no faster int8
+  model, because our graph is already the folded layer table; the advice would only be noise."""
+  advice = _NotAdvice()
+  logging.getLogger().addFilter(advice)
+  try:
+    yield
+  finally:
+    logging.getLogger().removeFilter(advice)
+
+
 def top1(model_bytes: bytes, dataset: str, *, batch_size=250, data_dir=None, threads=2) -> float:
   """Top-1 accuracy (percent) of an NHWC ONNX model on the dataset's test split."""
   session = onnx_export._session(model_bytes, threads)
   correct = count = 0.0
-  for batch in data.eval_batches(dataset, batch_size=batch_size, data_dir=data_dir):
+  batches = data.eval_batches(dataset, batch_size=batch_size, data_dir=data_dir)
+  for batch in summary.progress(batches, f"top-1 on the {dataset} test split"):
     logits = session.run(None, {onnx_export.INPUT: batch["image"]})[0]
     correct += float(np.sum((np.argmax(logits, -1) == batch["label"]) * batch["mask"]))
     count += float(np.sum(batch["mask"]))
