@@ -251,13 +251,16 @@ def run(
     logits: dict[int, np.ndarray] = {}  # by id() of the network
     baseline: dict[str, dict] = {}
     twins: dict[tuple, dict] = {}  # by id() of model and variables: the modes share them
-    exported: dict[tuple, dict] = {}  # the ONNX artefacts, likewise
+    exported: dict[tuple, dict] = {}  # the ONNX artefacts, likewise, and by form
     for net in networks:
       peers, engines, key = {}, {}, (id(net.model), id(net.variables))
       if torch is not None and net.model is not None and torch_twins.supports(net.model):
         twins[key] = peers = twins.get(key) or twin_runs(net, batch, torch, progress)
       if onnxruntime is not None and onnx_timing.supports(net):
-        exported[key] = engines = exported.get(key) or onnx_runs(net, batch, onnxruntime, progress)
+        form = (*key, onnx_timing.structured(net))
+        exported[form] = engines = exported.get(form) or onnx_runs(
+          net, batch, onnxruntime, progress
+        )
       timed = [p for p in (*peers.values(), *engines.values()) if "run" in p]
       row = measure(net, batch, protocol, beside=[p["run"] for p in timed])
       logits[id(net)] = row.pop("logits")

@@ -1,12 +1,14 @@
 """The ONNX Runtime columns of `bench.py`: each plain network as rmjax exports it, run in ORT.
 
 For a plain network (`isinstance(net.model, PlainNet)`) the artefact is `rmjax.deploy.onnx.to_onnx`
-(in memory, in `Options.layout`), loaded as `load_onnx` loads a file (`rmjax.deploy.onnx._session`:
-CPU provider, float32, `Options.threads` intra-op threads). Before it is timed its logits on the
-bench batch are checked against the JAX plain network's (`rmjax.verify`, float32 at "highest"
-precision): an artefact that differs by more than `verify.TOLERANCE` x max(1, max |logit|) is
-refused — not timed — and the row says why (`onnxruntime_refused`). The bench never reports the
-speed of a wrong network.
+(in memory, in `Options.layout`) or, for a row in structured mode, its structured form
+(`rmjax.deploy.onnx_structured`: Dirac copies as Slice + Concat, merged shortcuts as Add), so
+that each mode is compared with its own ONNX form. It is loaded as `load_onnx` loads a file
+(`rmjax.deploy.onnx._session`: CPU provider, float32, `Options.threads` intra-op threads).
+Before it is timed, its logits on the bench batch are checked against the JAX plain network's
+(`rmjax.verify`, float32 at "highest" precision): an artefact that differs by more than
+`verify.TOLERANCE` x max(1, max |logit|) is refused — not timed — and the row says why
+(`onnxruntime_refused`). The bench never reports the speed of a wrong network.
 
 `run(n)` runs n batches (`InferenceSession.run` blocks), which `rmjax.bench.measure` times by
 the same protocol as rmjax's XLA execution and the PyTorch twin, taking turns repeat by repeat.
@@ -101,6 +103,11 @@ def supports(net) -> bool:
   return isinstance(net.model, PlainNet)
 
 
+def structured(net) -> bool:
+  """Whether `net`'s artefact is the structured ONNX form (its row runs structured)."""
+  return net.mode == "structured"
+
+
 def _in_layout(x: np.ndarray, layout: str) -> np.ndarray:
   return np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))) if layout == "nchw" else x
 
@@ -136,10 +143,12 @@ def artefacts(net, x: np.ndarray, options: Options) -> dict[str, dict]:
   and INT8 with `options.int8`): each {"run", "logits", "max_abs_logit_diff"} once checked
   against `verify.eval_logits(net.model, net.variables, x)`, else {"refused": why}."""
   from rmjax.deploy import onnx as onnx_export
+  from rmjax.deploy import onnx_structured
 
   x = np.asarray(x, np.float32)
   want = np.asarray(verify.eval_logits(net.model, net.variables, x), np.float32)
-  model = onnx_export.to_onnx(net.model, net.variables, x.shape[1:], layout=options.layout)
+  export = onnx_structured.to_structured_onnx if structured(net) else onnx_export.to_onnx
+  model = export(net.model, net.variables, x.shape[1:], layout=options.layout)
   found = {ENGINE: _checked(model.SerializeToString(), x, want, options, verify.TOLERANCE)}
   if options.int8:
     quantized = quantizer()(model, _in_layout(x, options.layout))

@@ -33,7 +33,8 @@ def header(meta) -> str:
       f"ONNX Runtime {meta['onnxruntime_version']} (CPU provider, "
       f"{meta['onnxruntime_threads']} intra-op threads, float32, "
       f"{meta['onnxruntime_layout'].upper()} input): each plain network's ONNX export "
-      f"(`rmjax.deploy.onnx.to_onnx`){int8}, checked against the JAX network on the bench batch "
+      f"(`rmjax.deploy.onnx.to_onnx`; in a structured row its structured form, "
+      f"`rmjax.deploy.onnx_structured`){int8}, checked against the JAX network on the bench batch "
       "and refused (not timed) where it differs; same protocol and batch, in turn with rmjax's."
     )
   skipped = meta.get("engines_skipped") or {}
@@ -89,9 +90,7 @@ def _candidates(row) -> list[tuple[float, str]]:
   """(imgs/s, artefact) of each float32 rmjax artefact timed in `row`."""
   found = [(row["imgs_per_sec"], f"XLA, {row['network']}")]
   if row.get(f"{ENGINE}_imgs_per_sec") is not None:
-    mode = row.get("mode")
-    name = row["network"].removesuffix(f" ({mode})") if mode else row["network"]
-    found.append((row[f"{ENGINE}_imgs_per_sec"], f"ONNX Runtime, {name}"))
+    found.append((row[f"{ENGINE}_imgs_per_sec"], f"ONNX Runtime, {row['network']}"))
   return found
 
 
