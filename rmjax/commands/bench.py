@@ -167,7 +167,8 @@ _DOCS_SECTION = flags.DEFINE_string(
 )
 _DOCS = flags.DEFINE_string(
   "docs",
-  os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "benchmarks.md"),
+  # The repository's docs/ (this file is rmjax/commands/bench.py).
+  os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "benchmarks.md"),
   "The file --write_docs updates; the plot goes beside it as benchmarks_<platform>.png.",
 )
 
