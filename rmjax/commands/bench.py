@@ -168,7 +168,9 @@ _DOCS_SECTION = flags.DEFINE_string(
 _DOCS = flags.DEFINE_string(
   "docs",
   # The repository's docs/ (this file is rmjax/commands/bench.py).
-  os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "benchmarks.md"),
+  os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "benchmarks.md")
+  ),
   "The file --write_docs updates; the plot goes beside it as benchmarks_<platform>.png.",
 )
 
