@@ -27,6 +27,14 @@ from rmjax.models.plain import SAME, Conv
 from rmjax.models.structured import plan
 
 
+def _channels(g, x: str, start: int, stop: int, total: int, name: str) -> str:
+  """Channels `[start, stop)` of NCHW tensor `x` of `total` channels (`x` itself if all: a Slice
+  would copy it)."""
+  if start == 0 and stop == total:
+    return x
+  return onnx_export._channels(g, x, start, stop, name)
+
+
 def _centred(layer: Conv) -> bool:
   """Whether the centre tap of each output reads input `stride * i + (c - low)`, in range: a
   strided Slice of the input gives exactly the conv's output positions."""
@@ -76,10 +84,11 @@ def _reserving(g, layer: Conv, kernel, bias, x: str, name: str) -> str:
   main_kernel = kernel[..., : p.main_out]
   if layer.groups == 1:
     main_kernel = main_kernel[:, :, : p.main_in]
-  inputs = onnx_export._channels(g, x, 0, p.main_in, f"{name}/main_in")
+  cin = layer.in_features
+  inputs = _channels(g, x, 0, p.main_in, cin, f"{name}/main_in")
   main_bias = None if bias is None else bias[: p.main_out]
   main = _conv(g, layer, inputs, main_kernel, main_bias, p.main_groups, f"{name}/main")
-  sources = onnx_export._channels(g, x, p.sources[0], p.sources[-1] + 1, f"{name}/sources")
+  sources = _channels(g, x, p.sources[0], p.sources[-1] + 1, cin, f"{name}/sources")
   copies = _centre(g, layer, sources, f"{name}/centre")
   scale = kernel[p.centre, p.centre, p.taps, p.outs]
   copies = _scaled(g, copies, scale, None if bias is None else bias[p.outs], f"{name}/copies")
@@ -88,9 +97,10 @@ def _reserving(g, layer: Conv, kernel, bias, x: str, name: str) -> str:
 
 def _merging(g, layer: Conv, kernel, bias, x: str, name: str) -> str:
   p, m, c = plan(layer), layer.merged, layer.kernel_size // 2
-  inputs = onnx_export._channels(g, x, 0, p.main_in, f"{name}/main_in")
+  cin = layer.in_features
+  inputs = _channels(g, x, 0, p.main_in, cin, f"{name}/main_in")
   main = _conv(g, layer, inputs, kernel[:, :, : p.main_in], bias, 1, f"{name}/main")
-  shortcut = onnx_export._channels(g, x, p.main_in, layer.in_features, f"{name}/shortcut_in")
+  shortcut = _channels(g, x, p.main_in, cin, cin, f"{name}/shortcut_in")
   shortcut = _centre(g, layer, shortcut, f"{name}/centre")
   if not layer.merged_identity:
     projection = kernel[c : c + 1, c : c + 1, p.main_in :]
@@ -99,8 +109,8 @@ def _merging(g, layer: Conv, kernel, bias, x: str, name: str) -> str:
   added = _scaled(g, shortcut, kernel[c, c, p.main_in + np.arange(m), np.arange(m)], None, name)
   if m == layer.out_features:
     return g.node("Add", [main, added], name)
-  head = onnx_export._channels(g, main, 0, m, f"{name}/head")
-  tail = onnx_export._channels(g, main, m, layer.out_features, f"{name}/tail")
+  head = _channels(g, main, 0, m, layer.out_features, f"{name}/head")
+  tail = _channels(g, main, m, layer.out_features, layer.out_features, f"{name}/tail")
   head = g.node("Add", [head, added], f"{name}/sum")
   return g.node("Concat", [head, tail], name, axis=1)
 
