@@ -94,27 +94,41 @@ def _candidates(row) -> list[tuple[float, str]]:
   return found
 
 
+def _twin(row) -> str:
+  """Which twin a row's PyTorch columns timed: a plain network's is its dense form's."""
+  mode = row.get("mode")
+  if row.get("torch_twin") != "dense" or mode in (None, "", "dense"):
+    return row["network"]
+  return f"{row['network'].removesuffix(f' ({mode})')} (dense), beside the {mode} row"
+
+
 def best(rows) -> list[dict]:
   """For each function (`computes`) and batch size: the fastest rmjax artefact and the fastest
-  PyTorch eager twin of it, and their ratio (None without a twin)."""
+  PyTorch eager twin of it, and their ratio (None without a twin). A function is named by the
+  first network of the rows that computes it; functions in the rows' order, then by batch."""
   out: dict[tuple, dict] = {}
+  names: dict[str, str] = {}
   for r in rows:
-    key = (r.get("computes", r["network"]), r["batch_size"])
-    entry = out.setdefault(key, {"computes": key[0], "batch_size": key[1], "rmjax": (0.0, "")})
-    entry["rmjax"] = max(entry["rmjax"], *_candidates(r))
+    function = r.get("computes", r["network"])
+    names.setdefault(function, r["network"])
+    key = (function, r["batch_size"])
+    entry = out.setdefault(key, {"computes": names[function], "batch_size": key[1]})
+    entry["rmjax"] = max(entry.get("rmjax", (0.0, "")), *_candidates(r))
     torch = r.get("torch_imgs_per_sec")
     if torch is not None and torch > entry.get("torch", (0.0, ""))[0]:
-      entry["torch"] = (torch, r["network"])
-  for entry in out.values():
+      entry["torch"] = (torch, _twin(r))
+  order = list(names)
+  for (function, _), entry in out.items():
     torch = entry.get("torch")
     entry["ratio"] = entry["rmjax"][0] / torch[0] if torch else None
-  return sorted(out.values(), key=lambda e: e["batch_size"])
+    entry["order"] = order.index(function)
+  return sorted(out.values(), key=lambda e: (e.pop("order"), e["batch_size"]))
 
 
 def best_table(rows) -> list[str]:
   """`best` as Markdown, one line per function and batch size, the goal marked."""
   lines = [
-    "| network (function) | batch | best rmjax artefact | imgs/s | fastest PyTorch eager twin "
+    "| network | batch | best rmjax artefact | imgs/s | fastest PyTorch eager twin "
     f"| imgs/s | rmjax ÷ PyTorch | ≥ {GOAL}x |",
     "|---|---|---|---|---|---|---|---|",
   ]
