@@ -155,3 +155,16 @@ def test_without_onnxruntime_the_engine_is_skipped_with_the_pip_command(
   assert result.returncode == 2
   assert "error: --engines=onnxruntime cannot run" in result.stderr
   assert onnx_timing.INSTALL in result.stderr
+
+
+def test_a_quantizer_that_raises_refuses_the_int8_row(tiny_networks, monkeypatch):
+  def quantize_model(model, calibration):
+    raise TypeError("quantize_model() takes other arguments")
+
+  fake = types.ModuleType("rmjax.deploy.quantize")
+  fake.quantize_model = quantize_model
+  monkeypatch.setitem(sys.modules, "rmjax.deploy.quantize", fake)
+  plain = [n for n in tiny_networks if n.mode == "dense"]
+  (row,), _ = _run(plain, batch_sizes=[1], options=onnx_timing.Options(threads=2, int8=True))
+  assert row["onnxruntime_imgs_per_sec"] > 0 and row["onnxruntime_int8_imgs_per_sec"] is None
+  assert "quantize_model raised TypeError" in row["onnxruntime_int8_refused"]

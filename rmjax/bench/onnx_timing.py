@@ -17,7 +17,8 @@ int8: where `rmjax.deploy.quantize.quantize_model` exists, `quantize_model(model
 (the float `onnx.ModelProto` and a float32 batch in its layout, returning the quantized
 `ModelProto` or its bytes) gives a second artefact, timed beside the float one
 (`onnxruntime_int8_*` columns). Quantization changes the function, so it is held to the looser
-`INT8_TOLERANCE` (a bound, not a measurement). Without the module the int8 columns are skipped.
+`INT8_TOLERANCE` (a bound, not a measurement); a `quantize_model` that raises refuses the int8
+columns with its error. Without the module the int8 columns are skipped.
 
   >>> options = Options(threads=2)
   >>> peers = artefacts(net, x, options)  # {"onnxruntime": {"run", "logits", ...}} or refused
@@ -151,10 +152,19 @@ def artefacts(net, x: np.ndarray, options: Options) -> dict[str, dict]:
   model = export(net.model, net.variables, x.shape[1:], layout=options.layout)
   found = {ENGINE: _checked(model.SerializeToString(), x, want, options, verify.TOLERANCE)}
   if options.int8:
-    quantized = quantizer()(model, _in_layout(x, options.layout))
-    data = quantized if isinstance(quantized, bytes) else quantized.SerializeToString()
-    found[INT8] = _checked(data, x, want, options, INT8_TOLERANCE)
+    found[INT8] = _int8(model, x, want, options)
   return found
+
+
+def _int8(model, x: np.ndarray, want: np.ndarray, options: Options) -> dict:
+  """The int8 artefact of `model` (checked as `_checked`), or {"refused": why} where
+  `quantize_model` raised: an optional engine does not stop the benchmark."""
+  try:
+    quantized = quantizer()(model, _in_layout(x, options.layout))
+  except Exception as e:  # reported in the row, with its type
+    return {"refused": f"quantize_model raised {type(e).__name__}: {e}"}
+  data = quantized if isinstance(quantized, bytes) else quantized.SerializeToString()
+  return _checked(data, x, want, options, INT8_TOLERANCE)
 
 
 def columns(row: dict, engines: dict[str, dict], timed: dict[str, dict]) -> dict:
