@@ -119,6 +119,20 @@ def test_quick_run_times_the_pytorch_twins_beside_rmjax(quick_run):
   assert "  PyTorch twin (of the dense form):" in result.stderr
 
 
+def test_quick_run_times_the_onnx_artefacts_beside_rmjax(quick_run):
+  pytest.importorskip("onnxruntime")
+  out, _ = quick_run
+  report = json.loads((out / "bench.json").read_text())
+  assert report["meta"]["onnxruntime_version"] and report["meta"]["onnxruntime_threads"] > 0
+  baseline, dense, structured = report["results"]
+  assert baseline["onnxruntime_imgs_per_sec"] is None  # a residual network has no ONNX form
+  for r in (dense, structured):
+    assert r["onnxruntime_imgs_per_sec"] > 0 and r["onnxruntime_max_abs_logit_diff"] < 1e-4
+  assert (
+    "| network (batch 8) | XLA imgs/s | PyTorch eager imgs/s |" in (out / "bench.md").read_text()
+  )
+
+
 def test_quick_run_times_a_training_step(quick_run):
   out, result = quick_run
   report = json.loads((out / "bench.json").read_text())

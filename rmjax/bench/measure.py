@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rmjax import transforms
-from rmjax.bench import torch_timing, torch_twins
+from rmjax.bench import onnx_timing, torch_timing, torch_twins
 from rmjax.bench.suites import Network, Settings, tiny_resnet
 from rmjax.cost import count_flops, count_macs, count_params
 from rmjax.models.plain import PlainNet
@@ -237,24 +237,31 @@ def run(
   protocol: Protocol,
   progress: Callable[[str], None] = log,
   torch: torch_timing.Options | None = None,
+  onnxruntime: onnx_timing.Options | None = None,
   on_row: Callable[[list[dict]], None] = lambda rows: None,
 ) -> list[dict]:
   """Measures every network at every batch size. Adds the speed-up over its group's baseline
   and the max |logit difference| from its reference (None for a baseline / without one); with
   `torch` options, the PyTorch twin's numbers (`torch_columns`; and the compiled twin's), its
-  batches timed in turn with rmjax's (`time_batches`). Calls `on_row(rows so far)` after each
-  row (bench.py saves them there: a run stopped midway keeps what it measured)."""
+  batches timed in turn with rmjax's (`time_batches`); with `onnxruntime` options, each plain
+  network's ONNX artefact likewise (`rmjax.bench.onnx_timing`). Calls `on_row(rows so far)` after
+  each row (bench.py saves them there: a run stopped midway keeps what it measured)."""
   rows, total, start = [], len(networks) * len(batch_sizes), time.perf_counter()
   for batch in batch_sizes:
     logits: dict[int, np.ndarray] = {}  # by id() of the network
     baseline: dict[str, dict] = {}
     twins: dict[tuple, dict] = {}  # by id() of model and variables: the modes share them
+    exported: dict[tuple, dict] = {}  # the ONNX artefacts, likewise, and by form
     for net in networks:
-      peers = {}
+      peers, engines, key = {}, {}, (id(net.model), id(net.variables))
       if torch is not None and net.model is not None and torch_twins.supports(net.model):
-        key = (id(net.model), id(net.variables))
         twins[key] = peers = twins.get(key) or twin_runs(net, batch, torch, progress)
-      timed = [p for p in peers.values() if "run" in p]
+      if onnxruntime is not None and onnx_timing.supports(net):
+        form = (*key, onnx_timing.structured(net))
+        exported[form] = engines = exported.get(form) or onnx_runs(
+          net, batch, onnxruntime, progress
+        )
+      timed = [p for p in (*peers.values(), *engines.values()) if "run" in p]
       row = measure(net, batch, protocol, beside=[p["run"] for p in timed])
       logits[id(net)] = row.pop("logits")
       peer_seconds = dict(zip((id(p) for p in timed), row.pop("beside_seconds"), strict=True))
@@ -265,6 +272,7 @@ def run(
         row["imgs_per_sec"] / base["imgs_per_sec"] if base is not None and base is not row else None
       )
       row["default"] = net.default
+      row["computes"] = net.name if net.reference is None else net.reference.name
       row["max_abs_logit_diff"] = None
       if net.reference is not None:
         ref = net.reference
@@ -279,6 +287,8 @@ def run(
           row.update(torch_columns(net, row, logits[id(net)], seconds, peer, prefix))
         row["torch_compile_seconds"] = compiled.get("compile_seconds")
         row["torch_compile_timed_out"] = compiled.get("timed_out", False)
+      if onnxruntime is not None:
+        row.update(_engine_columns(row, engines, peer_seconds))
       rows.append(row)
       on_row(rows)
       _log_row(progress, f"{len(rows)}/{total} {time.perf_counter() - start:.0f}s", net, row)
@@ -301,6 +311,31 @@ def _log_row(progress: Callable[[str], None], counter: str, net: Network, row: d
         f"rmjax / PyTorch {row[f'{prefix}ratio']:.2f}, "
         f"max |logit diff| {row[f'{prefix}max_abs_logit_diff']:.1e}"
       )
+  for engine in (onnx_timing.ENGINE, onnx_timing.INT8):
+    if row.get(f"{engine}_imgs_per_sec") is not None:
+      progress(
+        f"  {engine}: {row[f'{engine}_imgs_per_sec']:.1f} imgs/s "
+        f"({row[f'{engine}_imgs_per_sec_min']:.1f}-{row[f'{engine}_imgs_per_sec_max']:.1f}), "
+        f"max |logit diff| {row[f'{engine}_max_abs_logit_diff']:.1e}"
+      )
+
+
+def onnx_runs(net: Network, batch: int, options, progress: Callable[[str], None]) -> dict:
+  """`onnx_timing.artefacts` of `net` on the benchmark batch; says which were refused, and why."""
+  engines = onnx_timing.artefacts(net, np.asarray(images(batch, net.image_size)), options)
+  for engine, peer in engines.items():
+    if "refused" in peer:
+      progress(f"  {engine} artefact of {net.name}: refused, {peer['refused']}")
+  return engines
+
+
+def _engine_columns(row: dict, engines: dict, seconds: dict) -> dict:
+  """`onnx_timing.columns` of `row`, from the seconds per batch of each artefact timed (by id())."""
+  batch = row["batch_size"]
+  timed = {
+    e: speeds(f"{e}_", batch, seconds[id(p)]) for e, p in engines.items() if id(p) in seconds
+  }
+  return onnx_timing.columns(row, engines, timed)
 
 
 def twin_runs(net: Network, batch: int, options, progress: Callable[[str], None]) -> dict:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from rmjax import atomic
+from rmjax.bench import serving
 from rmjax.bench.measure import FLOPS_TOLERANCE
 from rmjax.bench.suites import PAPER_BASELINE, PAPER_IMAGENET
 
@@ -108,8 +109,14 @@ def header(meta) -> str:
     f"{meta['dtype']}, {meta['image_size']}x{meta['image_size']} inputs; "
     f"per network and batch size: {p['warmup']} warm-up batches, then {p['repeats']} x "
     f"{p['batches']} timed batches (imgs/s: median over the {p['repeats']} repeats, "
-    f"(min–max)).{_precision_header(meta)}{_torch_header(meta)}{tiny}{partial}"
+    f"(min–max)).{_precision_header(meta)}{_torch_header(meta)}{_engines_header(meta)}"
+    f"{tiny}{partial}"
   )
+
+
+def _engines_header(meta) -> str:
+  text = serving.header(meta)
+  return f" {text}" if text else ""
 
 
 def speed_table(rows, batch_size: int, torch: bool = False) -> list[str]:
@@ -320,6 +327,7 @@ def markdown(report) -> str:
     parts += [*speed_table(rows, b, torch), ""]
   if default_line(rows):
     parts += [default_line(rows), ""]
+  parts += serving.section(report)
   if len(sizes) > 1:
     parts += ["imgs/s by batch size (speed-up over the group's baseline):", ""]
     parts += [*sweep_table(rows), ""]

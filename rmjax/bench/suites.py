@@ -193,8 +193,9 @@ def repvgg(settings: Settings) -> list[Network]:
 
 
 def resnet34(settings: Settings) -> list[Network]:
-  """Table 3 sets ResNet-34 beside RMNeXt-26x3_32 on CIFAR: the residual network only."""
-  return [residual("ResNet-34", settings.create("resnet34"), settings)[0]]
+  """Table 3 sets ResNet-34 beside RMNeXt-26x3_32 on CIFAR; its RM plain form, RMNet-34, is what
+  rmjax deploys of it (the serving tables compare it with ResNet-34's PyTorch twin)."""
+  return rm_pair("resnet34", "ResNet-34", "RMNet-34")(settings)
 
 
 def tiny_resnet(settings: Settings | None = None) -> ResNet:

@@ -4,6 +4,7 @@
   python bench.py --batch_sizes=1,8,32,128         # Appendix A.3's sweep (Fig. 11)
   python bench.py --suites=resnet18 --modes=dense,structured --dtype=bfloat16
   python bench.py --quick                          # a tiny ResNet in seconds (CI)
+  python bench.py --engines=xla,torch,onnxruntime  # + each plain network's ONNX in ORT
   python bench.py --write_docs                     # also rewrites this device's docs section
   python bench.py --suites=resnet18 --train_steps  # + a training step, rmjax beside PyTorch
   python bench.py --suites=imagenet --image_size=224 --torch_compile=ResNet-50  # Table 3, GPU
@@ -17,7 +18,9 @@ paper's protocol (Sec. 5: 50 warm-up + 50 timed batches of 128) is the default o
 accelerators; on CPU the default is 2 + 3 x 4 batches (--warmup, --batches, --repeats override
 both). Where torch is installed, each network's PyTorch twin (same weights, eval mode) is timed
 beside it on the same device (--notorch: not): on the CPU with as many threads, on a GPU with
-CUDA, channels-last and cuDNN autotuning.
+CUDA, channels-last and cuDNN autotuning. Where onnxruntime is installed, each plain network's
+ONNX export (`rmjax.deploy.onnx.to_onnx`), checked against the JAX network on the bench batch, is
+timed beside it in ONNX Runtime (`--engines`; table "Serving engines").
 """
 
 import dataclasses
@@ -27,7 +30,7 @@ import sys
 from absl import app, flags
 
 from rmjax import cli
-from rmjax.bench import layers, measure, precision, suites, torch_timing, training
+from rmjax.bench import layers, measure, onnx_timing, precision, suites, torch_timing, training
 from rmjax.bench import report as bench_report
 
 _SUITES = flags.DEFINE_list(
@@ -74,6 +77,19 @@ _TORCH = flags.DEFINE_bool(
   None,
   "Also time each network's PyTorch twin (same weights, eval mode, same threads, same batch): "
   "columns PyTorch imgs/s and rmjax / PyTorch. Default: on where torch is installed.",
+)
+ENGINES = ("xla", "torch", onnx_timing.ENGINE, onnx_timing.INT8)
+_ENGINES = flags.DEFINE_list(
+  "engines",
+  None,
+  f"Engines timed in turn on each network: {', '.join(ENGINES)}. xla (rmjax's own execution) is "
+  "always timed; torch is the PyTorch twin (as --torch); onnxruntime times each plain network's "
+  "ONNX export in ONNX Runtime (CPU, float32), onnxruntime_int8 its int8 form "
+  "(rmjax.deploy.quantize.quantize_model). Default: xla, and each other one that can run here "
+  "(those that cannot are named, with why, on stderr and in the report).",
+)
+_ORT_LAYOUT = flags.DEFINE_enum(
+  "onnxruntime_layout", "nhwc", ["nhwc", "nchw"], "Input layout of the ONNX artefacts timed."
 )
 _TORCH_CHANNELS_LAST = flags.DEFINE_bool(
   "torch_channels_last",
@@ -151,7 +167,10 @@ _DOCS_SECTION = flags.DEFINE_string(
 )
 _DOCS = flags.DEFINE_string(
   "docs",
-  os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "benchmarks.md"),
+  # The repository's docs/ (this file is rmjax/commands/bench.py).
+  os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "benchmarks.md")
+  ),
   "The file --write_docs updates; the plot goes beside it as benchmarks_<platform>.png.",
 )
 
@@ -172,9 +191,49 @@ def _ints(flag) -> list[int]:
     raise app.UsageError(f"--{flag.name} must be integers, got {flag.value}") from None
 
 
+def _wanted(engine: str) -> bool | None:
+  """Whether --engines names `engine` (None: --engines not given, each engine's default)."""
+  if _ENGINES.value is None:
+    return None
+  unknown = sorted(set(_ENGINES.value) - set(ENGINES))
+  if unknown:
+    raise app.UsageError(f"--engines: unknown {unknown}; known: {', '.join(ENGINES)}")
+  return engine in _ENGINES.value or (
+    engine == onnx_timing.ENGINE and onnx_timing.INT8 in _ENGINES.value
+  )
+
+
+def _onnx_options(dtype: str, skipped: dict[str, str]) -> onnx_timing.Options | None:
+  """The ORT artefacts' options, or None; an engine that cannot run is an error where --engines
+  asks for it, else it goes into `skipped` (engine -> why) and the run goes on without it."""
+  reasons = {
+    onnx_timing.ENGINE: onnx_timing.unavailable(),
+    onnx_timing.INT8: onnx_timing.int8_unavailable(),
+  }
+  if dtype != "float32":
+    reasons[onnx_timing.ENGINE] = reasons[onnx_timing.INT8] = (
+      f"the ONNX artefacts are float32; this run is --dtype={dtype}"
+    )
+  timed = {}
+  for engine, why in reasons.items():
+    wanted = _wanted(engine)
+    if why is not None and wanted:
+      raise ValueError(f"--engines={engine} cannot run: {why}")
+    timed[engine] = why is None and wanted is not False
+    if why is not None or wanted is False:
+      skipped[engine] = why or "not in --engines"
+  if not timed[onnx_timing.ENGINE]:
+    return None
+  threads = torch_timing.cpu_count()
+  return onnx_timing.Options(threads, _ORT_LAYOUT.value, int8=timed[onnx_timing.INT8])
+
+
 def _torch_options(platform_name: str) -> torch_timing.Options | None:
   """The twins' options, or None without torch; ValueError where torch cannot run beside jax."""
-  torch = torch_timing.available() if _TORCH.value is None else _TORCH.value
+  if _ENGINES.value is not None and _TORCH.value is not None and _TORCH.value != _wanted("torch"):
+    raise ValueError("--torch and --engines disagree on torch: pass one of them")
+  torch = _wanted("torch") if _TORCH.value is None else _TORCH.value
+  torch = torch_timing.available() if torch is None else torch
   if not torch:
     return None
   if not torch_timing.available():
@@ -254,8 +313,10 @@ def _main(argv):
     dtype=_DTYPE.value,
     tiny=_TINY_MODELS.value,
   )
+  skipped: dict[str, str] = {}
   try:
     torch = _torch_options(meta["platform"])
+    onnxruntime = _onnx_options(_DTYPE.value, skipped)
     networks = suites.build(names, settings, progress=measure.log)
     networks = suites.select(networks, _NETWORKS.value)
   except ValueError as e:
@@ -272,11 +333,21 @@ def _main(argv):
   )
   if torch is not None:
     meta.update(torch_timing.configure(torch, meta["cpu_count"]))
+  meta.update(onnx_timing.describe(onnxruntime, skipped))
+  for engine, why in skipped.items():
+    measure.log(f"{engine}: skipped, {why}")
   results = Results(meta)
   report = results.report
   if _INFERENCE.value:
     on_row = results.setter("results")
-    measure.run(networks, batch_sizes=batch_sizes, protocol=protocol, torch=torch, on_row=on_row)
+    measure.run(
+      networks,
+      batch_sizes=batch_sizes,
+      protocol=protocol,
+      torch=torch,
+      onnxruntime=onnxruntime,
+      on_row=on_row,
+    )
   if _TRAIN_STEPS.value:
     training.run(
       networks,

@@ -2,7 +2,9 @@
 
 - `jax_formats`: a StableHLO file (`jax.export`) and a TensorFlow SavedModel (`jax2tf`).
 - `onnx`: an ONNX model built from the layer table, verified in ONNX Runtime
-  (`pip install 'rmjax[deploy]'`; imported only when an ONNX function is called).
+  (`pip install 'rmjax[deploy]'`; imported only when an ONNX function is called);
+  `onnx_structured`: the same model with RM's Dirac convs as copies and adds (what
+  `bench.py` times in ONNX Runtime for a structured row; not in the registry yet).
 
 The registry below is what `convert.py --export FMT` offers: every exporter has the signature
 `(plain, variables, input_shape, path)`, every loader `path -> (images -> logits)`. Through the

@@ -340,6 +340,11 @@ def _session(model_bytes: bytes, threads: int):
   options = ort.SessionOptions()
   options.intra_op_num_threads = threads
   options.inter_op_num_threads = 1
+  # ORT_ENABLE_ALL (onnxruntime's default, stated so that it stays) includes the NCHWc layout
+  # transformer: without it (ORT_ENABLE_EXTENDED) the default suite's plain networks ran at
+  # 0.3-0.85x on 2 cores (docs/benchmarks.md, "Serving on CPU"). The other options measured there
+  # (NCHW input, no memory arena, parallel execution, spinning off) gained nothing consistent.
+  options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
   options.log_severity_level = 3  # errors only: the CLI's output is its report
   return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
