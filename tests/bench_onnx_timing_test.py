@@ -105,7 +105,7 @@ def test_int8_hook_times_what_quantize_model_returns(tiny_networks, monkeypatch)
   calls = []
 
   def quantize_model(model, calibration):  # a stand-in: the float model, unchanged
-    calls.append(calibration.shape)
+    calls.append([batch.shape for batch in calibration])
     return model
 
   fake = types.ModuleType("rmjax.deploy.quantize")
@@ -115,7 +115,7 @@ def test_int8_hook_times_what_quantize_model_returns(tiny_networks, monkeypatch)
   plain = [n for n in tiny_networks if n.mode == "dense"]
   options = onnx_timing.Options(threads=2, layout="nchw", int8=True)
   (row,), _ = _run(plain, batch_sizes=[2], options=options)
-  assert calls == [(2, 3, 32, 32)]  # calibrated on the bench batch, in the artefact's layout
+  assert calls == [[(2, 3, 32, 32)]]  # calibrated on the bench batch, in the artefact's layout
   assert row["onnxruntime_int8_imgs_per_sec"] > 0 and row["onnxruntime_imgs_per_sec"] > 0
   assert "ORT int8 imgs/s" in _report([row])
 
@@ -168,3 +168,15 @@ def test_a_quantizer_that_raises_refuses_the_int8_row(tiny_networks, monkeypatch
   (row,), _ = _run(plain, batch_sizes=[1], options=onnx_timing.Options(threads=2, int8=True))
   assert row["onnxruntime_imgs_per_sec"] > 0 and row["onnxruntime_int8_imgs_per_sec"] is None
   assert "quantize_model raised TypeError" in row["onnxruntime_int8_refused"]
+
+
+def test_the_int8_row_times_rmjax_own_quantizer(tiny_networks):
+  pytest.importorskip("onnxruntime.quantization")
+  assert onnx_timing.int8_unavailable() is None  # rmjax.deploy.quantize exists
+  plain = [n for n in tiny_networks if n.mode == "dense"]
+  options = onnx_timing.Options(threads=2, int8=True)
+  (row,), _ = _run(plain, batch_sizes=[2], options=options)
+  assert row["onnxruntime_int8_refused"] is None, row["onnxruntime_int8_refused"]
+  assert row["onnxruntime_int8_imgs_per_sec"] > 0
+  # A real int8 model: close to the float logits, but not the float model itself.
+  assert 0 < row["onnxruntime_int8_max_abs_logit_diff"]

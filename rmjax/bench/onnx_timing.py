@@ -13,9 +13,10 @@ Before it is timed, its logits on the bench batch are checked against the JAX pl
 `run(n)` runs n batches (`InferenceSession.run` blocks), which `rmjax.bench.measure` times by
 the same protocol as rmjax's XLA execution and the PyTorch twin, taking turns repeat by repeat.
 
-int8: where `rmjax.deploy.quantize.quantize_model` exists, `quantize_model(model, calibration)`
-(the float `onnx.ModelProto` and a float32 batch in its layout, returning the quantized
-`ModelProto` or its bytes) gives a second artefact, timed beside the float one
+int8: where `rmjax.deploy.quantize.quantize_model` exists, `quantize_model(model, [batch])`
+(the serialized float model and the bench batch in its layout as the one calibration batch,
+returning the QDQ int8 model's bytes; the recipe of `convert.py --quantize int8`) gives a
+second artefact, timed beside the float one
 (`onnxruntime_int8_*` columns). Quantization changes the function, so it is held to the looser
 `INT8_TOLERANCE` (a bound, not a measurement); a `quantize_model` that raises refuses the int8
 columns with its error. Without the module the int8 columns are skipped.
@@ -160,10 +161,9 @@ def _int8(model, x: np.ndarray, want: np.ndarray, options: Options) -> dict:
   """The int8 artefact of `model` (checked as `_checked`), or {"refused": why} where
   `quantize_model` raised: an optional engine does not stop the benchmark."""
   try:
-    quantized = quantizer()(model, _in_layout(x, options.layout))
+    data = quantizer()(model.SerializeToString(), [_in_layout(x, options.layout)])
   except Exception as e:  # reported in the row, with its type
     return {"refused": f"quantize_model raised {type(e).__name__}: {e}"}
-  data = quantized if isinstance(quantized, bytes) else quantized.SerializeToString()
   return _checked(data, x, want, options, INT8_TOLERANCE)
 
 
