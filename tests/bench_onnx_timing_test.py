@@ -180,3 +180,8 @@ def test_the_int8_row_times_rmjax_own_quantizer(tiny_networks):
   assert row["onnxruntime_int8_imgs_per_sec"] > 0
   # A real int8 model: close to the float logits, but not the float model itself.
   assert 0 < row["onnxruntime_int8_max_abs_logit_diff"]
+  (entry,) = serving.best([row])
+  assert entry["int8"][0] == row["onnxruntime_int8_imgs_per_sec"]
+  best_float32 = max(row["imgs_per_sec"], row["onnxruntime_imgs_per_sec"])
+  assert entry["int8_vs_float32"] == pytest.approx(entry["int8"][0] / best_float32)
+  assert "int8 ÷ best float32" in "\n".join(serving.best_table([row]))

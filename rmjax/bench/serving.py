@@ -105,7 +105,9 @@ def _twin(row) -> str:
 
 def best(rows) -> list[dict]:
   """For each function (`computes`) and batch size: the fastest rmjax artefact and the fastest
-  PyTorch eager twin of it, their ratio (None without a twin) and the ratio of those two's
+  PyTorch eager twin of it, their ratio (None without a twin), the fastest int8 artefact (ORT,
+  where timed: `int8`, `int8_ratio` ÷ PyTorch, `int8_vs_float32` ÷ the best float32 artefact)
+  and the ratio of those two's
   fastest repeats (`ratio_fastest`: less sensitive to another job slowing some repeats down —
   PyTorch's threads collapse under such load, docs/benchmarks.md). A function is named by the
   first network of the rows that computes it; functions in the rows' order, then by batch."""
@@ -120,10 +122,15 @@ def best(rows) -> list[dict]:
     torch = r.get("torch_imgs_per_sec")
     if torch is not None and torch > entry.get("torch", (0.0,))[0]:
       entry["torch"] = (torch, _twin(r), r["torch_imgs_per_sec_max"])
+    int8 = r.get(f"{INT8}_imgs_per_sec")
+    if int8 is not None and int8 > entry.get("int8", (0.0,))[0]:
+      entry["int8"] = (int8, f"ONNX Runtime int8, {r['network']}")
   order = list(names)
   for (function, _), entry in out.items():
-    torch = entry.get("torch")
+    torch, int8 = entry.get("torch"), entry.get("int8")
     entry["ratio"] = entry["rmjax"][0] / torch[0] if torch else None
+    entry["int8_ratio"] = int8[0] / torch[0] if torch and int8 else None
+    entry["int8_vs_float32"] = int8[0] / entry["rmjax"][0] if int8 else None
     entry["ratio_fastest"] = entry["rmjax"][2] / torch[2] if torch else None
     entry["order"] = order.index(function)
   return sorted(out.values(), key=lambda e: (e.pop("order"), e["batch_size"]))
@@ -133,16 +140,19 @@ def best_table(rows) -> list[str]:
   """`best` as Markdown, one line per function and batch size, the goal marked."""
   lines = [
     "| network | batch | best rmjax artefact | imgs/s | fastest PyTorch eager twin "
-    f"| imgs/s | rmjax ÷ PyTorch | ≥ {GOAL}x | ÷, fastest repeats |",
-    "|---|---|---|---|---|---|---|---|---|",
+    f"| imgs/s | rmjax ÷ PyTorch | ≥ {GOAL}x | ÷, fastest repeats "
+    "| int8 imgs/s (ORT) | int8 ÷ PyTorch | int8 ÷ best float32 |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for e in best(rows):
-    torch = e.get("torch")
+    torch, int8 = e.get("torch"), e.get("int8")
     met = "" if e["ratio"] is None else ("yes" if e["ratio"] >= GOAL else "**no**")
     lines.append(
       f"| {e['computes']} | {e['batch_size']} | {e['rmjax'][1]} | {e['rmjax'][0]:.1f} "
       f"| {torch[1] if torch else ''} | {f'{torch[0]:.1f}' if torch else ''} "
-      f"| {_ratio(e['ratio'])} | {met} | {_ratio(e['ratio_fastest'])} |"
+      f"| {_ratio(e['ratio'])} | {met} | {_ratio(e['ratio_fastest'])} "
+      f"| {f'{int8[0]:.1f}' if int8 else ''} | {_ratio(e['int8_ratio'])} "
+      f"| {_ratio(e['int8_vs_float32'])} |"
     )
   return lines
 
