@@ -45,3 +45,24 @@ def test_structured_onnx_computes_the_plain_network(suite, layout):
   got = session.run(None, {"images": x if layout == "nhwc" else x.transpose(0, 3, 1, 2)})[0]
   want = verify.eval_logits(net.model, net.variables, x)
   assert verify.within(verify.difference(want, got)), verify.difference(want, got)
+
+
+def test_convert_exports_the_structured_form_checked_and_sealed(tmp_path):
+  from rmjax import deploy, export, integrity, run
+  from rmjax.models import create
+  from rmjax.randomize import random_variables
+
+  model = create("resnet18", num_classes=10, stem="cifar", widths=(8, 8, 16, 16), stem_width=8)
+  x = np.asarray(measure.images(2, 32))
+  variables = random_variables(model, x)
+  source = run.Run("weights", None, None, model, variables, (32, 32, 3), {"model": "resnet18"})
+  report = export.export_plain(source, str(tmp_path / "plain"), exports=("onnx_structured",))
+  path = deploy.artefact_path(str(tmp_path / "plain"), "onnx_structured")
+  assert path.endswith("plain.structured.onnx")
+  assert report["exports"]["onnx_structured"]["path"] == path
+  integrity.check(path)  # sealed
+  ops = [n.op_type for n in onnx.load(path).graph.node]
+  assert "Slice" in ops and "Add" in ops  # the reserved copies and merged shortcuts
+  got = deploy.LOADERS["onnx_structured"](path)(x)
+  want = verify.eval_logits(model, variables, x)
+  assert verify.within(verify.difference(want, got))

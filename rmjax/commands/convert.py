@@ -22,7 +22,8 @@ the "original" is then the rmjax model holding the imported weights.
 
 Serving artefacts of the plain network, next to PLAIN (checked against it before anything is
 written): --export stablehlo -> PLAIN.stablehlo, --export savedmodel -> PLAIN.savedmodel/,
---export onnx -> PLAIN.onnx (needs `pip install 'rmjax[deploy]'`).
+--export onnx -> PLAIN.onnx (needs `pip install 'rmjax[deploy]'`), --export onnx_structured ->
+PLAIN.structured.onnx (RM's Dirac convs as copies and adds: the faster ONNX for RM networks).
 
 Post-training int8 (docs/quantization.md): --quantize int8 also writes PLAIN.int8.onnx, an
 ONNX Runtime QDQ model calibrated on the dataset's train split, refused (nothing written) when
@@ -111,7 +112,9 @@ _EXPORT = flags.DEFINE_list(
   "Also write serving artefacts of the plain network, next to PLAIN: stablehlo -> "
   "PLAIN.stablehlo (a jax.export file), savedmodel -> PLAIN.savedmodel/ (TensorFlow, via "
   "jax2tf), onnx -> PLAIN.onnx (opset 21, run and checked in ONNX Runtime; needs "
-  "`pip install 'rmjax[deploy]'`). Comma-separated; NHWC float32 images, any batch size. Each "
+  "`pip install 'rmjax[deploy]'`), onnx_structured -> PLAIN.structured.onnx (the same with RM's "
+  "Dirac convs as copies and adds, the faster one in ONNX Runtime for RM networks). "
+  "Comma-separated; NHWC float32 images, any batch size. Each "
   "is reloaded and checked against PLAIN.",
 )
 

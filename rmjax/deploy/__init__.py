@@ -3,8 +3,9 @@
 - `jax_formats`: a StableHLO file (`jax.export`) and a TensorFlow SavedModel (`jax2tf`).
 - `onnx`: an ONNX model built from the layer table, verified in ONNX Runtime
   (`pip install 'rmjax[deploy]'`; imported only when an ONNX function is called);
-  `onnx_structured`: the same model with RM's Dirac convs as copies and adds (what
-  `bench.py` times in ONNX Runtime for a structured row; not in the registry yet).
+  `onnx_structured`: the same model with RM's Dirac convs as copies and adds (format
+  `onnx_structured`, `PLAIN.structured.onnx`: the faster one in ONNX Runtime for RM networks,
+  and what `bench.py` times for a structured row).
 
 The registry below is what `convert.py --export FMT` offers: every exporter has the signature
 `(plain, variables, input_shape, path)`, every loader `path -> (images -> logits)`. Through the
@@ -43,23 +44,27 @@ def _checked(load):
   return read
 
 
-FORMATS = ("stablehlo", "savedmodel", "onnx")
+FORMATS = ("stablehlo", "savedmodel", "onnx", "onnx_structured")
 EXPORTERS = {
   "stablehlo": _sealed(jax_formats.export_stablehlo),
   "savedmodel": _sealed(jax_formats.export_savedmodel),
   "onnx": _sealed(onnx.export_onnx),
+  "onnx_structured": _sealed(functools.partial(onnx.export_onnx, structured=True)),
 }
 LOADERS = {
   "stablehlo": _checked(jax_formats.load_stablehlo),
   "savedmodel": _checked(jax_formats.load_savedmodel),
   "onnx": _checked(onnx.load_onnx),
+  "onnx_structured": _checked(onnx.load_onnx),
 }
+# A format's file name after PLAIN, where it is not the format's name.
+SUFFIXES = {"onnx_structured": "structured.onnx"}
 
 
 def artefact_path(plain_dir: str, fmt: str) -> str:
   """Where `convert.py --export FMT` puts an artefact: next to PLAIN, `PLAIN.stablehlo`,
-  `PLAIN.onnx` (files) or `PLAIN.savedmodel` (a directory)."""
-  return f"{os.path.abspath(plain_dir).rstrip(os.sep)}.{fmt}"
+  `PLAIN.onnx`, `PLAIN.structured.onnx` (files) or `PLAIN.savedmodel` (a directory)."""
+  return f"{os.path.abspath(plain_dir).rstrip(os.sep)}.{SUFFIXES.get(fmt, fmt)}"
 
 
 __all__ = ["EXPORTERS", "FORMATS", "LOADERS", "artefact_path"]

@@ -115,11 +115,14 @@ def _merging(g, layer: Conv, kernel, bias, x: str, name: str) -> str:
   return g.node("Concat", [head, tail], name, axis=1)
 
 
-def to_structured_onnx(plain, variables, input_shape, *, layout: str = "nhwc"):
-  """`to_onnx(plain, variables, input_shape, layout=layout)` with each structured conv
-  rewritten as above (an `onnx.ModelProto`, unchecked). Same inputs, outputs and function."""
+def to_structured_onnx(
+  plain, variables, input_shape, *, layout: str = "nhwc", features: bool = False
+):
+  """`to_onnx(plain, variables, input_shape, layout=layout, features=features)` with each
+  structured conv rewritten as above (an `onnx.ModelProto`, unchecked). Same inputs, outputs
+  and function."""
   onnx, _ = onnx_export._require()
-  model = onnx_export.to_onnx(plain, variables, input_shape, layout=layout)
+  model = onnx_export.to_onnx(plain, variables, input_shape, layout=layout, features=features)
   variables = jax.device_get(variables)
   g = onnx_export._Graph(onnx)
   nodes, dropped = [], set()
