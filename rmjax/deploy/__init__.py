@@ -22,7 +22,7 @@ import functools
 import os
 
 from rmjax import integrity
-from rmjax.deploy import jax_formats, onnx
+from rmjax.deploy import jax_formats, onnx, onnx_structured
 
 
 def _sealed(export):
@@ -49,7 +49,9 @@ EXPORTERS = {
   "stablehlo": _sealed(jax_formats.export_stablehlo),
   "savedmodel": _sealed(jax_formats.export_savedmodel),
   "onnx": _sealed(onnx.export_onnx),
-  "onnx_structured": _sealed(functools.partial(onnx.export_onnx, structured=True)),
+  "onnx_structured": _sealed(
+    functools.partial(onnx.export_onnx, build=onnx_structured.to_structured_onnx)
+  ),
 }
 LOADERS = {
   "stablehlo": _checked(jax_formats.load_stablehlo),

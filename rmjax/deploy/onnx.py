@@ -385,12 +385,13 @@ def export_onnx(
   tolerance: float = verify.TOLERANCE,
   threads: int = 2,
   features: bool = False,
-  structured: bool = False,
+  build: Callable | None = None,
 ) -> dict[str, float]:
   """Writes `plain` with its `variables` as an ONNX model to `path`, once it is checked.
 
-  `structured`: the structured form (`rmjax.deploy.onnx_structured`: RM's Dirac convs as
-  copies and adds; the faster one in ONNX Runtime for RM networks, docs/benchmarks.md).
+  `build`: the graph builder, `to_onnx` by default (the registry's `onnx_structured` format
+  passes `rmjax.deploy.onnx_structured.to_structured_onnx`: RM's Dirac convs as copies and
+  adds, the faster one in ONNX Runtime for RM networks, docs/benchmarks.md).
 
   The check: ONNX Runtime (CPU) and `plain.apply` (float32, "highest" matmul precision) on
   `check_batch` N(0, 1) images; the model is refused when max |logit difference| > tolerance x
@@ -404,11 +405,7 @@ def export_onnx(
     >>> load_onnx("/tmp/plain.onnx")(images)  # NHWC float32, any batch size
   """
   onnx, _ = _require()
-  if structured:
-    from rmjax.deploy.onnx_structured import to_structured_onnx as build  # it builds on this
-  else:
-    build = to_onnx
-  model = build(plain, variables, input_shape, layout=layout, features=features)
+  model = (build or to_onnx)(plain, variables, input_shape, layout=layout, features=features)
   if model.ByteSize() > _MAX_BYTES:
     raise OnnxExportError(
       f"the ONNX model needs {model.ByteSize() / 2**30:.1f} GiB, over protobuf's 2 GiB limit "
