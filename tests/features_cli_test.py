@@ -36,7 +36,7 @@ def test_features_from_import_to_every_artefact(capsys, tmp_path, weights):
     plain_dir,
     "--input_size=64",
     "--features",
-    "--export=stablehlo,savedmodel,onnx",
+    f"--export={','.join(deploy.FORMATS)}",
   )
   assert code == 0, err
   assert "4 feature maps" in out and "features: the outputs of layers" in out

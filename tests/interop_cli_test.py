@@ -35,12 +35,13 @@ def test_import_convert_and_export(capsys, tmp_path, weights):
     weights,
     plain_dir,
     "--input_size=32",
-    "--export=stablehlo,savedmodel,onnx",
+    f"--export={','.join(deploy.FORMATS)}",
   )
   assert code == 0, err
   assert "converting resnet18 (torchvision) (checked on 32x32x3 inputs)" in out
   for fmt in deploy.FORMATS:
-    assert f"{fmt} file" in out and f"wrote {plain_dir}.{fmt} ({fmt})" in out
+    path = deploy.artefact_path(str(plain_dir), fmt)
+    assert f"{fmt} file" in out and f"wrote {path} ({fmt})" in out
   assert sorted(os.listdir(tmp_path)) == [
     "plain",
     "plain.onnx",
@@ -48,6 +49,8 @@ def test_import_convert_and_export(capsys, tmp_path, weights):
     "plain.savedmodel",
     "plain.stablehlo",
     "plain.stablehlo.sha256",
+    "plain.structured.onnx",
+    "plain.structured.onnx.sha256",
     "r18.safetensors",
   ]
   plain, variables = rmjax.load_plain(str(plain_dir))
